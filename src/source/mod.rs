@@ -1,0 +1,1 @@
+//! Sources of signal values: Prometheus and ticket systems, behind traits.
