@@ -1,1 +1,469 @@
-//! TODO(core)
+//! The engine: a pure, deterministic function of (rules, signal values, state, time) →
+//! rule-instance transitions, decisions and incident changes.
+//!
+//! The daemon, `herald replay` and `herald test` all drive [`Engine::evaluate_group`]; none of
+//! them re-implements a rule semantic. This module does no I/O, reads no clock and holds no
+//! locks: time comes in as an argument, and the caller persists what comes out.
+//!
+//! One evaluation of a group, for each subject (sorted, so output order is stable):
+//! 1. every rule's condition is decided against the subject's signals and its latest incident
+//!    as it was *before* this step;
+//! 2. each instance moves per [`instance::step`] (Prometheus `for`/`keep_firing_for`, with
+//!    unknown holding state);
+//! 3. the actions of rules that started firing take effect (open an incident, engage legal,
+//!    mark internal-only);
+//! 4. an incident opened by a rule of this group resolves once that rule has been known-inactive
+//!    for its `resolve_after`;
+//! 5. decisions (firing / resolved) are emitted with rendered annotations.
+
+pub mod incident;
+pub mod instance;
+pub mod subject;
+
+use std::collections::{BTreeMap, HashMap};
+
+use minijinja::Value as TValue;
+use serde::Serialize;
+
+pub use incident::{Channel, Effect, Event, EventError, Incident, Status};
+pub use instance::{Instance, Phase, Ts};
+pub use subject::Subject;
+
+use crate::config::{template, Action, Group, Rule, Severity, SignalSource};
+use crate::expr::{Ctx, IncidentField, IncidentView, Truth, Value};
+
+/// Everything the engine remembers between evaluations. The daemon persists it; tests and
+/// replay keep it in memory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    /// Pending and firing instances, by rule name then subject.
+    pub instances: BTreeMap<String, HashMap<Subject, Instance>>,
+    /// The latest incident of each subject (open or resolved).
+    pub incidents: HashMap<Subject, Incident>,
+    /// The number of the next incident id.
+    pub next_incident_seq: u64,
+}
+
+/// The values of one signal slot for one evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlotValues {
+    /// Per-subject values (one query, keyed by the subject labels).
+    Series(HashMap<Subject, f64>),
+    /// The same value for every subject.
+    Constant(f64),
+    /// The source failed or is not configured: every subject is without a value.
+    Unavailable(String),
+}
+
+/// One evaluation's input for one group: values for every slot of [`Group::slots`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupInput {
+    pub slots: Vec<SlotValues>,
+}
+
+impl GroupInput {
+    /// Constants filled in, every other slot unavailable until the caller sets it.
+    pub fn new(group: &Group) -> GroupInput {
+        let mut slots = vec![SlotValues::Unavailable("not queried".into()); group.slots.len()];
+        for s in &group.signals {
+            if let SignalSource::Value(v) = s.source {
+                slots[s.slot] = SlotValues::Constant(v);
+            }
+        }
+        GroupInput { slots }
+    }
+}
+
+/// A rule instance changing phase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Transition {
+    pub at: Ts,
+    pub rule: String,
+    pub subject: Subject,
+    pub from: Phase,
+    pub to: Phase,
+}
+
+impl Serialize for Subject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.labels().len()))?;
+        for (k, v) in self.labels() {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+impl<'de> serde::Deserialize<'de> for Subject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<String, String>::deserialize(d)?;
+        Ok(Subject::new(m))
+    }
+}
+
+/// Whether a decision announces a rule starting or stopping to fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionStatus {
+    Firing,
+    Resolved,
+}
+
+/// A reference to the incident a decision is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IncidentRef {
+    pub id: String,
+    pub status: Status,
+    pub opened_at: Ts,
+}
+
+/// Something worth telling people: a rule started or stopped firing for a subject.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Decision {
+    pub at: Ts,
+    pub rule: String,
+    pub action: Action,
+    pub severity: Severity,
+    pub subject: Subject,
+    pub status: DecisionStatus,
+    /// When the instance started firing.
+    pub starts_at: Ts,
+    /// Signal values at decision time (slots with a value only).
+    pub values: BTreeMap<String, f64>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub incident: Option<IncidentRef>,
+    /// Receiver names from the rule.
+    pub notify: Vec<String>,
+}
+
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// How an incident changed in a step or through an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Opened,
+    Updated,
+    Resolved,
+}
+
+/// An incident as it is after a change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncidentChange {
+    pub kind: ChangeKind,
+    pub incident: Incident,
+}
+
+/// What one evaluation of one group produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepOutput {
+    pub transitions: Vec<Transition>,
+    pub decisions: Vec<Decision>,
+    pub incidents: Vec<IncidentChange>,
+    /// Subjects evaluated.
+    pub subjects: usize,
+    /// Rule evaluations that were unknown.
+    pub unknown: u64,
+}
+
+/// Why a manual event could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("subject {0} has no incident")]
+    NoIncident(Subject),
+    #[error("subject {subject} already has open incident {id}")]
+    AlreadyOpen { subject: Subject, id: String },
+    #[error("no incident with id {0:?}")]
+    UnknownId(String),
+    #[error(transparent)]
+    Event(#[from] EventError),
+}
+
+/// The rule engine. Holds only the template environment; all state is passed in.
+pub struct Engine {
+    templates: minijinja::Environment<'static>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine { templates: template::environment() }
+    }
+}
+
+impl State {
+    /// Instances currently firing, as (rule, subject), sorted.
+    pub fn firing(&self) -> Vec<(&str, &Subject)> {
+        let mut out: Vec<(&str, &Subject)> = self
+            .instances
+            .iter()
+            .flat_map(|(r, m)| m.iter().filter(|(_, i)| i.phase == Phase::Firing).map(move |(s, _)| (r.as_str(), s)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The subject's open incident, if any.
+    pub fn open_incident(&self, subject: &Subject) -> Option<&Incident> {
+        self.incidents.get(subject).filter(|i| i.is_open())
+    }
+
+    fn new_incident_id(&mut self) -> String {
+        self.next_incident_seq += 1;
+        format!("INC-{}", self.next_incident_seq)
+    }
+
+    /// Opens an incident for a subject (at most one open per subject).
+    fn open(&mut self, subject: &Subject, severity: Severity, at: Ts, rule: Option<String>) -> Option<Incident> {
+        if self.open_incident(subject).is_some() {
+            return None;
+        }
+        let id = self.new_incident_id();
+        let inc = Incident::open(id, subject.clone(), severity, at, rule);
+        self.incidents.insert(subject.clone(), inc.clone());
+        Some(inc)
+    }
+
+    /// Applies a person's event to a subject's latest incident (`declare` opens one).
+    pub fn apply_event(&mut self, subject: &Subject, event: &Event, at: Ts) -> Result<(IncidentChange, Effect), ApplyError> {
+        if let Event::Declare { severity, security } = event {
+            if let Some(open) = self.open_incident(subject) {
+                return Err(ApplyError::AlreadyOpen { subject: subject.clone(), id: open.id.clone() });
+            }
+            let mut inc = self.open(subject, *severity, at, None).expect("checked: none open");
+            if *security {
+                inc.security = true;
+                self.incidents.insert(subject.clone(), inc.clone());
+            }
+            return Ok((IncidentChange { kind: ChangeKind::Opened, incident: inc }, Effect::default()));
+        }
+        let inc = self.incidents.get_mut(subject).ok_or_else(|| ApplyError::NoIncident(subject.clone()))?;
+        let fx = inc.apply(event, at)?;
+        let kind = if fx.resolved { ChangeKind::Resolved } else { ChangeKind::Updated };
+        Ok((IncidentChange { kind, incident: inc.clone() }, fx))
+    }
+
+    /// Applies an event to an incident by id (it must be the subject's latest).
+    pub fn apply_event_by_id(&mut self, id: &str, event: &Event, at: Ts) -> Result<(IncidentChange, Effect), ApplyError> {
+        let subject = self.incidents.values().find(|i| i.id == id).map(|i| i.subject.clone()).ok_or_else(|| ApplyError::UnknownId(id.into()))?;
+        self.apply_event(&subject, event, at)
+    }
+}
+
+impl Engine {
+    /// A new engine.
+    pub fn new() -> Engine {
+        Engine::default()
+    }
+
+    /// Evaluates one group at `now`. Deterministic: the same inputs and state give the same
+    /// output and the same new state.
+    pub fn evaluate_group(&self, group: &Group, input: &GroupInput, state: &mut State, now: Ts) -> StepOutput {
+        debug_assert_eq!(input.slots.len(), group.slots.len());
+        let mut out = StepOutput::default();
+
+        // The subjects: every series, every live instance, every incident with these labels.
+        let mut subjects: Vec<Subject> = Vec::new();
+        for slot in &input.slots {
+            if let SlotValues::Series(m) = slot {
+                subjects.extend(m.keys().cloned());
+            }
+        }
+        for rule in &group.rules {
+            if let Some(m) = state.instances.get(&rule.name) {
+                subjects.extend(m.keys().cloned());
+            }
+        }
+        subjects.extend(state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels)).cloned());
+        subjects.sort_unstable();
+        subjects.dedup();
+        out.subjects = subjects.len();
+
+        for rule in &group.rules {
+            state.instances.entry(rule.name.clone()).or_default();
+        }
+        let mut values: Vec<Option<f64>> = vec![None; group.slots.len()];
+        let mut truths: Vec<Truth> = vec![Truth::Unknown; group.rules.len()];
+        let mut started: Vec<usize> = Vec::new();
+        let mut changed: Vec<(usize, Phase, Phase, Ts)> = Vec::new();
+
+        for subject in &subjects {
+            for (slot, v) in input.slots.iter().zip(values.iter_mut()) {
+                *v = match slot {
+                    SlotValues::Series(m) => m.get(subject).copied().filter(|x| !x.is_nan()),
+                    SlotValues::Constant(c) => Some(*c),
+                    SlotValues::Unavailable(_) => None,
+                };
+            }
+            let label_values: Vec<&str> = group.subject_labels.iter().map(|l| subject.get(l).unwrap_or("")).collect();
+            started.clear();
+            changed.clear();
+            {
+                let incident = state.incidents.get(subject);
+                let view = incident.map_or(IncidentView::NONE, |i| i.view(now));
+                let ctx = Ctx { signals: &values, subject: &label_values, incident: &view, now: now as f64 / 1000.0 };
+                for (ri, rule) in group.rules.iter().enumerate() {
+                    truths[ri] = rule.when.truth(&ctx);
+                }
+            }
+            for (ri, rule) in group.rules.iter().enumerate() {
+                let truth = truths[ri];
+                if truth == Truth::Unknown {
+                    out.unknown += 1;
+                }
+                let map = state.instances.get_mut(&rule.name).expect("inserted above");
+                if truth != Truth::True && map.is_empty() {
+                    continue; // inactive stays inactive: the common case, no hashing
+                }
+                let prev = map.remove(subject);
+                let starts = prev.as_ref().and_then(|i| i.fired_at).unwrap_or(now);
+                let (next, change) = instance::step(prev, truth, now, rule.for_.as_millis() as i64, rule.keep_firing_for.as_millis() as i64);
+                if let Some(i) = next {
+                    map.insert(subject.clone(), i);
+                }
+                if let Some((from, to)) = change {
+                    out.transitions.push(Transition { at: now, rule: rule.name.clone(), subject: subject.clone(), from, to });
+                    if to == Phase::Firing {
+                        started.push(ri);
+                    }
+                    changed.push((ri, from, to, starts));
+                }
+            }
+
+            // Actions take effect after the step.
+            for &ri in &started {
+                let rule = &group.rules[ri];
+                match rule.action {
+                    Action::ActivateCommsLead => {
+                        if let Some(inc) = state.open(subject, rule.severity, now, Some(rule.name.clone())) {
+                            out.incidents.push(IncidentChange { kind: ChangeKind::Opened, incident: inc });
+                        }
+                    }
+                    Action::EngageLegal => {
+                        let opened = state.open(subject, rule.severity, now, Some(rule.name.clone()));
+                        let inc = state.incidents.get_mut(subject).expect("open or just opened");
+                        inc.engage_legal(now);
+                        let kind = if opened.is_some() { ChangeKind::Opened } else { ChangeKind::Updated };
+                        out.incidents.push(IncidentChange { kind, incident: inc.clone() });
+                    }
+                    Action::InternalOnly => {
+                        if let Some(inc) = state.incidents.get_mut(subject).filter(|i| i.is_open()) {
+                            if !inc.internal_only {
+                                inc.internal_only = true;
+                                out.incidents.push(IncidentChange { kind: ChangeKind::Updated, incident: inc.clone() });
+                            }
+                        }
+                    }
+                    Action::SuggestUpdate | Action::Escalate | Action::Notify => {}
+                }
+            }
+
+            // Resolution: the activating rule, if it belongs to this group, known-inactive long enough.
+            if let Some(inc) = state.incidents.get_mut(subject).filter(|i| i.is_open()) {
+                if let Some(ri) = inc.activating_rule.as_ref().and_then(|r| group.rules.iter().position(|x| &x.name == r)) {
+                    let rule = &group.rules[ri];
+                    let live = state.instances.get(&rule.name).is_some_and(|m| m.contains_key(subject));
+                    match truths[ri] {
+                        Truth::Unknown => {}
+                        _ if live => inc.clear_since = None,
+                        _ => {
+                            let since = *inc.clear_since.get_or_insert(now);
+                            if now - since >= rule.resolve_after.as_millis() as i64 {
+                                inc.resolve(now);
+                                out.incidents.push(IncidentChange { kind: ChangeKind::Resolved, incident: inc.clone() });
+                            }
+                        }
+                    }
+                }
+            }
+
+            // Decisions, with the incident as it is after the step.
+            for &(ri, from, to, starts) in &changed {
+                let status = match (from, to) {
+                    (_, Phase::Firing) => DecisionStatus::Firing,
+                    (Phase::Firing, Phase::Inactive) => DecisionStatus::Resolved,
+                    _ => continue,
+                };
+                let rule = &group.rules[ri];
+                let incident = state.incidents.get(subject);
+                let d = self.decision(group, rule, subject, &values, incident, status, now, starts);
+                out.decisions.push(d);
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decision(
+        &self,
+        group: &Group,
+        rule: &Rule,
+        subject: &Subject,
+        values: &[Option<f64>],
+        incident: Option<&Incident>,
+        status: DecisionStatus,
+        now: Ts,
+        starts_at: Ts,
+    ) -> Decision {
+        let vals: BTreeMap<String, f64> =
+            group.slots.iter().zip(values).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect();
+        let ctx = template_context(group, rule, subject, values, incident, now);
+        let annotations = rule
+            .annotations
+            .iter()
+            .map(|(k, src)| {
+                let text = template::render(&self.templates, src, &ctx).unwrap_or_else(|e| format!("{src} (template error: {e})"));
+                (k.clone(), text)
+            })
+            .collect();
+        Decision {
+            at: now,
+            rule: rule.name.clone(),
+            action: rule.action,
+            severity: rule.severity,
+            subject: subject.clone(),
+            status,
+            starts_at,
+            values: vals,
+            labels: rule.labels.clone(),
+            annotations,
+            incident: incident.map(|i| IncidentRef { id: i.id.clone(), status: i.status, opened_at: i.opened_at }),
+            notify: rule.notify.clone(),
+        }
+    }
+}
+
+/// The variables an annotation template sees: every signal (a number or none), `subject`,
+/// `incident`, `now`, `rule`, `severity`, `action`.
+pub fn template_context(group: &Group, rule: &Rule, subject: &Subject, values: &[Option<f64>], incident: Option<&Incident>, now: Ts) -> TValue {
+    let mut map: BTreeMap<String, TValue> =
+        group.slots.iter().zip(values).map(|(n, v)| (n.clone(), v.map_or(TValue::from(()), TValue::from))).collect();
+    let subj: BTreeMap<String, TValue> = subject.labels().iter().map(|(k, v)| (k.clone(), TValue::from(v.as_str()))).collect();
+    map.insert("subject".into(), TValue::from(subj));
+    let view = incident.map_or(IncidentView::NONE, |i| i.view(now));
+    let inc: BTreeMap<&str, TValue> = IncidentField::ALL
+        .iter()
+        .map(|(n, f)| {
+            let v = match crate::expr::Expr::Incident(*f).eval(&Ctx { signals: &[], subject: &[], incident: &view, now: 0.0 }) {
+                Value::Bool(b) => TValue::from(b),
+                Value::Num(x) => TValue::from(x),
+                Value::Str(s) => TValue::from(s),
+                Value::None | Value::Unknown => TValue::from(()),
+            };
+            (*n, v)
+        })
+        .collect();
+    map.insert("incident".into(), TValue::from(inc));
+    map.insert("now".into(), TValue::from(now / 1000));
+    map.insert("rule".into(), TValue::from(rule.name.as_str()));
+    map.insert("severity".into(), TValue::from(rule.severity.as_str()));
+    map.insert("action".into(), TValue::from(rule.action.as_str()));
+    TValue::from(map)
+}
+
+#[cfg(test)]
+mod tests;

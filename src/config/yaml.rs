@@ -1,0 +1,363 @@
+//! The raw file formats, exactly as written, and the one place that parses YAML.
+//!
+//! Every struct refuses unknown keys; values we validate later are [`Spanned`] so errors can
+//! point at them. Polymorphic sections (receivers, ticket sources) are flat structs with a
+//! `type` field checked after parsing, because serde-saphyr loses spans inside tagged enums.
+//! Nothing outside this module imports `serde_saphyr`; swapping the YAML crate is a one-file change.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::Diagnostic;
+
+/// A value with the line and column it was written at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub line: u64,
+    pub col: u64,
+    /// Length in the source (bytes), quotes included: tells a quoted scalar from a plain one.
+    pub source_len: u64,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        let source_len = s.referenced.span().byte_len().unwrap_or(s.referenced.span().len());
+        Ok(Spanned { value: s.value, line: s.referenced.line(), col: s.referenced.column(), source_len })
+    }
+}
+
+/// Parses one YAML document into `T`, turning a parse error into a located diagnostic.
+pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<T, Diagnostic> {
+    serde_saphyr::from_str(text).map_err(|e| {
+        let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let mut msg = e.without_snippet().to_string();
+        // serde-saphyr appends the location in prose; we print it as path:line:col instead.
+        if let Some(i) = msg.rfind(" at line ") {
+            msg.truncate(i);
+        }
+        msg = msg.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        if text.trim().is_empty() {
+            msg = "file is empty".into();
+        }
+        Diagnostic::error(path, line, col, msg)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule files (spec §4)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub groups: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub subject: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub signals: BTreeMap<String, Spanned<RawSignal>>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignal {
+    #[serde(default)]
+    pub query: Option<Spanned<String>>,
+    #[serde(default)]
+    pub value: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub ticket_source: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub when: Spanned<String>,
+    #[serde(default, rename = "for")]
+    pub for_: Option<Spanned<String>>,
+    #[serde(default)]
+    pub keep_firing_for: Option<Spanned<String>>,
+    #[serde(default)]
+    pub resolve_after: Option<Spanned<String>>,
+    pub action: Spanned<String>,
+    #[serde(default)]
+    pub severity: Option<Spanned<String>>,
+    #[serde(default)]
+    pub notify: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule unit-test files (spec §5)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    pub rule_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub evaluation_interval: Option<Spanned<String>>,
+    pub tests: Vec<RawTest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub input: Vec<RawInput>,
+    #[serde(default)]
+    pub expect: Vec<RawExpect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInput {
+    pub subject: Spanned<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub signals: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub events: Vec<RawEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvent {
+    pub at: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub channel: Option<Spanned<String>>,
+    #[serde(default)]
+    pub value: Option<Spanned<String>>,
+    #[serde(default)]
+    pub severity: Option<Spanned<String>>,
+    #[serde(default)]
+    pub security: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    pub at: Spanned<String>,
+    #[serde(default)]
+    pub firing: Option<Vec<RawInstance>>,
+    #[serde(default)]
+    pub includes: Option<Vec<RawInstance>>,
+    #[serde(default)]
+    pub excludes: Option<Vec<RawInstance>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInstance {
+    pub rule: Spanned<String>,
+    #[serde(default)]
+    pub subject: Option<BTreeMap<String, String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// herald.yaml (spec §3)
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub global: RawGlobal,
+    #[serde(default)]
+    pub prometheus: Option<RawPrometheus>,
+    #[serde(default)]
+    pub ticket_sources: Vec<RawTicketSource>,
+    #[serde(default)]
+    pub receivers: Vec<RawReceiver>,
+    #[serde(default)]
+    pub notification: RawNotification,
+    #[serde(default)]
+    pub maintenance_windows: Vec<RawMaintenance>,
+    #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
+    pub rule_files: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    #[serde(default)]
+    pub evaluation_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub state_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub external_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timezone: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrometheus {
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub basic_auth: Option<RawBasicAuth>,
+    #[serde(default)]
+    pub bearer_token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub username: Spanned<String>,
+    #[serde(default)]
+    pub password: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTicketSource {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    /// prometheus: PromQL count per subject. zendesk: the search query (a template).
+    #[serde(default)]
+    pub query: Option<Spanned<String>>,
+    /// The counting window (default 1h).
+    #[serde(default)]
+    pub window: Option<Spanned<String>>,
+    /// zendesk: https://<subdomain>.zendesk.com; http_json: the URL (a template).
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub email: Option<Spanned<String>>,
+    #[serde(default)]
+    pub token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub json_pointer: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceiver {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub url_file: Option<Spanned<String>>,
+    /// alertmanager: every peer of the cluster.
+    #[serde(default)]
+    pub urls: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub secret: Option<Spanned<String>>,
+    #[serde(default)]
+    pub secret_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub routing_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub routing_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub send_resolved: Option<bool>,
+    #[serde(default)]
+    pub dry_run_target: bool,
+    #[serde(default)]
+    pub max_retry_duration: Option<Spanned<String>>,
+    #[serde(default)]
+    pub concurrency: Option<Spanned<u32>>,
+    /// Message title template override.
+    #[serde(default)]
+    pub title: Option<Spanned<String>>,
+    /// Message text template override.
+    #[serde(default)]
+    pub text: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotification {
+    #[serde(default)]
+    pub group_wait: Option<Spanned<String>>,
+    #[serde(default)]
+    pub min_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub repeat_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub send_resolved: Option<bool>,
+    #[serde(default)]
+    pub max_retry_duration: Option<Spanned<String>>,
+    #[serde(default)]
+    pub scrub: RawScrub,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScrub {
+    #[serde(default)]
+    pub extra_patterns: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    pub name: Spanned<String>,
+    pub schedule: Spanned<String>,
+    pub duration: Spanned<String>,
+    #[serde(default)]
+    pub timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    pub matchers: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    #[serde(default)]
+    pub token_file: Option<Spanned<String>>,
+}
