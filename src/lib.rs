@@ -5,8 +5,10 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod expr;
 pub mod notify;
 pub mod source;
+pub mod testing;

@@ -5,6 +5,7 @@
 //! validate everything and build the model the engine runs, collecting *every* problem as a
 //! [`Diagnostic`] before refusing. Nothing here does network I/O.
 
+pub mod daemon;
 mod diag;
 mod duration;
 pub mod rules;
@@ -14,3 +15,4 @@ pub mod yaml;
 pub use diag::{Diagnostic, Diagnostics, Level};
 pub use duration::{DurationError, PromDuration};
 pub use rules::{load_rule_files, parse_rule_sources, Action, Group, Location, Rule, RuleSet, Severity, Signal, SignalSource};
+pub use daemon::{load_config, Config};

@@ -351,8 +351,9 @@ pub struct RawMaintenance {
     pub duration: Spanned<String>,
     #[serde(default)]
     pub timezone: Option<Spanned<String>>,
+    /// Alertmanager-style matchers: `service="checkout"`, `team=~"pay.*"`, `env!="dev"`.
     #[serde(default)]
-    pub matchers: BTreeMap<String, Spanned<String>>,
+    pub matchers: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,77 @@
+//! The command line: raw arguments (clap) → validated inputs → one library call per command.
+//! Exit codes (spec §2): 0 success, 1 a check or test failed, 2 bad usage or unreadable input.
+//! This is the only layer that prints for the user and the only one using `anyhow`.
+
+mod check;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Herald: incident-communications decisions from SLIs and ticket counts.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a configuration (with its rule files) or rule files alone; reports every problem.
+    Check(CheckArgs),
+    /// Run rule unit tests on synthetic signals.
+    Test(TestArgs),
+}
+
+/// `herald check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The configuration file to validate, with every rule file it names.
+    #[arg(long, short = 'c', conflicts_with = "files")]
+    pub config: Option<PathBuf>,
+    /// Rule files to validate on their own.
+    pub files: Vec<PathBuf>,
+}
+
+/// `herald test`.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Test files (spec §5).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Only run tests whose name matches this regex.
+    #[arg(long)]
+    pub run: Option<String>,
+}
+
+/// Exit code for a failed check or test.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for bad usage or unreadable input.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Check(a) => check::run(a),
+        Command::Test(a) => test::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

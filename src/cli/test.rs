@@ -1,0 +1,47 @@
+//! `herald test`: run rule unit-test files and print a readable report.
+
+use std::process::ExitCode;
+
+use super::{TestArgs, EXIT_FAILED, EXIT_USAGE};
+use crate::testing::{run_file, FileError};
+
+pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let filter = match &args.run {
+        Some(r) => Some(regex::Regex::new(r).map_err(|e| anyhow::anyhow!("invalid --run regex: {e}"))?),
+        None => None,
+    };
+    let (mut passed, mut failed, mut worst) = (0usize, 0usize, 0u8);
+    for path in &args.files {
+        match run_file(path) {
+            Ok(outcomes) => {
+                println!("{}:", path.display());
+                for o in outcomes.iter().filter(|o| filter.as_ref().is_none_or(|f| f.is_match(&o.name))) {
+                    if o.failures.is_empty() {
+                        passed += 1;
+                        println!("  PASS  {}", o.name);
+                    } else {
+                        failed += 1;
+                        worst = worst.max(EXIT_FAILED);
+                        println!("  FAIL  {}", o.name);
+                        for f in &o.failures {
+                            for line in f.lines() {
+                                println!("        {line}");
+                            }
+                        }
+                    }
+                }
+            }
+            Err(FileError::Unreadable(d)) => {
+                eprint!("{d}");
+                worst = EXIT_USAGE;
+            }
+            Err(FileError::Invalid(d)) => {
+                eprint!("{d}");
+                failed += 1;
+                worst = worst.max(EXIT_FAILED);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(ExitCode::from(worst))
+}
