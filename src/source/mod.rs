@@ -1,1 +1,115 @@
-//! Sources of signal values: Prometheus and ticket systems, behind traits.
+//! Sources of signal values: Prometheus (PromQL) and ticket systems, behind traits so the
+//! daemon, `replay` and tests can use real or recorded sources alike.
+//!
+//! This module owns the traits and the keying of series into subjects (one query per signal
+//! per group evaluation, whatever the number of subjects). Implementations live in submodules
+//! and do network I/O; nothing here decides anything.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+
+use crate::engine::{Subject, Ts};
+
+/// One series of an instant-query result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// One series of a range-query result: (unix ms, value) points.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RangeSeries {
+    pub labels: BTreeMap<String, String>,
+    pub points: Vec<(Ts, f64)>,
+}
+
+/// Why a source could not answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SourceError {
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("timed out after {0}ms")]
+    Timeout(u64),
+    #[error("the server refused the query: {0}")]
+    Query(String),
+    #[error("unexpected response: {0}")]
+    Response(String),
+    /// Two series map to the same subject: the query does not aggregate by the subject labels.
+    #[error("two series for subject {subject}: {first} and {second}; aggregate by the subject labels, e.g. `sum by ({labels}) (...)`")]
+    DuplicateSubject { subject: String, first: String, second: String, labels: String },
+}
+
+/// Something that answers PromQL.
+pub trait MetricsSource: Send + Sync {
+    /// An instant query evaluated at `at` (unix ms).
+    fn instant(&self, query: &str, at: Ts) -> impl Future<Output = Result<Vec<Sample>, SourceError>> + Send;
+    /// A range query from `start` to `end` inclusive, every `step_ms`.
+    fn range(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> impl Future<Output = Result<Vec<RangeSeries>, SourceError>> + Send;
+}
+
+/// Ticket counts for a set of subjects at one time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TicketCounts {
+    /// Tickets in the window ending now.
+    pub tickets: HashMap<Subject, f64>,
+    /// Median of the same window at the same time of day over the previous 7 days.
+    pub baseline: HashMap<Subject, f64>,
+}
+
+/// Something that counts support tickets per subject.
+pub trait TicketCounter: Send + Sync {
+    /// Counts for `subjects` (the ones the group knows from its other signals and incidents)
+    /// at `at`. Implementations cache and rate-limit as configured.
+    fn counts(&self, subjects: &[Subject], subject_labels: &[String], at: Ts) -> impl Future<Output = Result<TicketCounts, SourceError>> + Send;
+}
+
+fn show_labels(l: &BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// Keys an instant-query result by subject labels. A series without one of the labels gets
+/// an empty value for it (as in PromQL). Two series for one subject are an error naming both.
+pub fn key_by_subject(samples: &[Sample], subject_labels: &[String]) -> Result<HashMap<Subject, f64>, SourceError> {
+    let mut out: HashMap<Subject, f64> = HashMap::with_capacity(samples.len());
+    let mut origin: HashMap<Subject, usize> = HashMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        let subject = Subject::new(subject_labels.iter().map(|l| (l.clone(), s.labels.get(l).cloned().unwrap_or_default())));
+        if let Some(&first) = origin.get(&subject) {
+            return Err(SourceError::DuplicateSubject {
+                subject: subject.to_string(),
+                first: show_labels(&samples[first].labels),
+                second: show_labels(&s.labels),
+                labels: subject_labels.join(", "),
+            });
+        }
+        origin.insert(subject.clone(), i);
+        out.insert(subject, s.value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(l: &[(&str, &str)], v: f64) -> Sample {
+        Sample { labels: l.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(), value: v }
+    }
+
+    #[test]
+    fn keys_series_by_subject_labels() {
+        let m = key_by_subject(&[sample(&[("service", "a"), ("job", "x")], 1.0), sample(&[("service", "b")], 2.0)], &["service".into()]).unwrap();
+        assert_eq!(m[&Subject::new([("service", "a")])], 1.0);
+        assert_eq!(m[&Subject::new([("service", "b")])], 2.0);
+    }
+
+    #[test]
+    fn two_series_for_one_subject_name_both() {
+        let e = key_by_subject(&[sample(&[("service", "a"), ("code", "200")], 1.0), sample(&[("service", "a"), ("code", "500")], 2.0)], &["service".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#"code="200""#) && e.contains(r#"code="500""#) && e.contains("sum by (service)"), "{e}");
+    }
+}
