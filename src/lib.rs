@@ -11,4 +11,5 @@ pub mod engine;
 pub mod expr;
 pub mod notify;
 pub mod source;
+pub mod store;
 pub mod testing;

@@ -207,6 +207,20 @@ impl State {
         out
     }
 
+    /// Treats the time since each instance's last evaluation as unknown (for the given rules):
+    /// used after a restart, so downtime neither advances `for` nor counts down
+    /// `keep_firing_for`.
+    pub fn hold_timers(&mut self, rules: &[&str], now: Ts) {
+        for r in rules {
+            if let Some(m) = self.instances.get_mut(*r) {
+                for i in m.values_mut() {
+                    let prev = std::mem::replace(i, Instance { phase: Phase::Pending, active_at: 0, fired_at: None, keep_firing_since: None, last_eval: 0 });
+                    *i = instance::step(Some(prev), Truth::Unknown, now, 0, 0).0.expect("unknown keeps an instance");
+                }
+            }
+        }
+    }
+
     /// The subject's open incident, if any.
     pub fn open_incident(&self, subject: &Subject) -> Option<&Incident> {
         self.incidents.get(subject).filter(|i| i.is_open())

@@ -1,0 +1,152 @@
+//! The live daemon (`herald run`): evaluates every group on its interval against live sources,
+//! commits state and notifications together, and runs the HTTP API and the delivery worker.
+//!
+//! Shape (mini-redis style): [`run`] takes its I/O already built — the config, a bound
+//! listener, a metrics source — and a shutdown future, so tests drive it in-process.
+//! Every group runs in its own task: query each signal once → [`Engine::evaluate_group`] →
+//! plan notifications → one SQLite transaction ([`Store::commit`]) → wake the delivery worker.
+//! If the commit fails, the in-memory state is rolled back, so the next evaluation makes the
+//! same decision again: nothing is lost and nothing is announced that is not recorded.
+
+mod eval;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use eval::evaluate_group_once;
+
+use crate::config::Config;
+use crate::engine::{Engine, State, Ts};
+use crate::source::MetricsSource;
+use crate::store::{Store, StoreError};
+
+/// Options of a run that are not configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Everything as live, but no receiver transport is called.
+    pub dry_run: bool,
+}
+
+/// The engine state and its durable copy, locked together so they never drift apart.
+pub struct Core {
+    pub state: State,
+    pub store: Store,
+}
+
+/// What every task of the daemon shares.
+pub struct Shared {
+    /// The running configuration (replaced atomically on reload).
+    pub config: RwLock<Arc<Config>>,
+    pub core: Mutex<Core>,
+    pub engine: Engine,
+    pub options: RunOptions,
+    /// Woken when the outbox has new entries.
+    pub outbox_wake: tokio::sync::Notify,
+    /// True once every group has been evaluated once.
+    pub ready: AtomicBool,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+    /// Whether readiness has been reached.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> Ts {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Opens the state, resumes where the last run stopped, and runs until `shutdown` resolves.
+pub async fn run<S: MetricsSource + 'static>(
+    config: Config,
+    listener: TcpListener,
+    source: Arc<S>,
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let store = Store::open_dir(&config.global.state_dir)?;
+    let mut state = store.load_state()?;
+    let last = store.group_evals()?;
+    let now = now_ms();
+    // Downtime is unknown time: it neither advances `for` nor counts down `keep_firing_for`.
+    for g in &config.rules.groups {
+        if let Some(at) = last.get(&g.name) {
+            let rules: Vec<&str> = g.rules.iter().map(|r| r.name.as_str()).collect();
+            state.hold_timers(&rules, now);
+            tracing::info!(group = %g.name, down_for_s = (now - at) / 1000, "resuming group");
+        }
+    }
+    tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
+    let token = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        config: RwLock::new(Arc::new(config)),
+        core: Mutex::new(Core { state, store }),
+        engine: Engine::new(),
+        options,
+        outbox_wake: tokio::sync::Notify::new(),
+        ready: AtomicBool::new(false),
+        shutdown: token.clone(),
+    });
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(evaluation_loop(shared.clone(), source.clone()));
+    let _ = listener; // the HTTP API is served here (see crate::http)
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    token.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+        tracing::warn!("some tasks did not stop within 10s");
+    }
+    Ok(())
+}
+
+/// Runs every group on its interval until shutdown. Restarts the per-group tasks when the
+/// configuration is reloaded.
+async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source: Arc<S>) {
+    let config = shared.config();
+    let mut set = tokio::task::JoinSet::new();
+    for gi in 0..config.rules.groups.len() {
+        let shared = shared.clone();
+        let source = source.clone();
+        let config = config.clone();
+        set.spawn(async move {
+            let group = &config.rules.groups[gi];
+            let interval = group.interval_or(config.global.evaluation_interval);
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        evaluate_group_once(&shared, source.as_ref(), &config, gi, now_ms()).await;
+                    }
+                }
+            }
+        });
+    }
+    shared.ready.store(true, Ordering::Relaxed);
+    while set.join_next().await.is_some() {}
+}
