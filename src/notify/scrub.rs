@@ -558,6 +558,11 @@ mod tests {
             "tickets 123 456 789 total",
             "p99 1250.5 ms",
             "burn rate 14.4 over 1h",
+            "at 2024-05-01T12:00:00.123+02:00",
+            "incident INC-2024-0001 and ticket #123456789",
+            "uuid 550e8400-e29b-41d4-a716-446655440000",
+            "trace 4bf92f3577b34da6a3ce929d0e0e4736",
+            "HTTP 503, p99=1.25s, on 10/10/2024",
         ] {
             unchanged(text);
         }
