@@ -7,8 +7,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod expr;
+pub mod http;
 pub mod notify;
 pub mod source;
 pub mod store;

@@ -84,7 +84,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(shared: &Arc<Shared>, source:
         let mut core = shared2.core.lock().expect("core lock");
         let snapshot = core.state.clone();
         let out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
-        let entries = crate::notify::plan::plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
+        let planner = shared2.planner.read().expect("planner lock").clone();
+        let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
         let incidents: Vec<_> = out.incidents.iter().map(|c| &c.incident).collect();
         let commit = Commit {
             rules: group.rules.iter().map(|r| r.name.as_str()).collect(),

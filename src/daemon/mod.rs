@@ -21,6 +21,7 @@ pub use eval::evaluate_group_once;
 
 use crate::config::Config;
 use crate::engine::{Engine, State, Ts};
+use crate::notify::plan::Planner;
 use crate::source::MetricsSource;
 use crate::store::{Store, StoreError};
 
@@ -41,6 +42,8 @@ pub struct Core {
 pub struct Shared {
     /// The running configuration (replaced atomically on reload).
     pub config: RwLock<Arc<Config>>,
+    /// The notification planner of the running configuration.
+    pub planner: RwLock<Arc<Planner>>,
     pub core: Mutex<Core>,
     pub engine: Engine,
     pub options: RunOptions,
@@ -68,6 +71,8 @@ impl Shared {
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("invalid content filter: {0}")]
+    Scrub(#[from] crate::notify::ScrubError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
 }
@@ -99,7 +104,9 @@ pub async fn run<S: MetricsSource + 'static>(
     }
     tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
     let token = CancellationToken::new();
+    let planner = Planner::new(&config)?;
     let shared = Arc::new(Shared {
+        planner: RwLock::new(Arc::new(planner)),
         config: RwLock::new(Arc::new(config)),
         core: Mutex::new(Core { state, store }),
         engine: Engine::new(),
@@ -111,7 +118,8 @@ pub async fn run<S: MetricsSource + 'static>(
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(evaluation_loop(shared.clone(), source.clone()));
-    let _ = listener; // the HTTP API is served here (see crate::http)
+    tasks.spawn(crate::notify::worker::run(shared.clone()));
+    let http = tokio::spawn(crate::http::serve(shared.clone(), listener));
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -120,7 +128,11 @@ pub async fn run<S: MetricsSource + 'static>(
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
         tracing::warn!("some tasks did not stop within 10s");
     }
-    Ok(())
+    match http.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DaemonError::Http(e)),
+        Err(e) => Err(DaemonError::Http(std::io::Error::other(e))),
+    }
 }
 
 /// Runs every group on its interval until shutdown. Restarts the per-group tasks when the

@@ -20,9 +20,11 @@
 
 pub mod format;
 pub mod message;
+pub mod plan;
 pub mod scrub;
 pub mod signing;
 pub mod template;
+pub mod worker;
 
 pub use format::{alertmanager_alerts, pagerduty_event, slack_message, teams_message};
 pub use message::{generic_webhook_body, IncidentRef, Notification, Status};
