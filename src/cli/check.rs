@@ -45,6 +45,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_all(diags: &Diagnostics) {
+    let mut diags = diags.clone();
+    diags.sort();
     for d in &diags.0 {
         eprintln!("{d}");
     }

@@ -231,7 +231,12 @@ fn parse_matcher(s: &str) -> Result<Matcher, String> {
         _ => (true, true),
     };
     let pattern = if is_re { format!("^(?:{value})$") } else { format!("^{}$", regex::escape(value)) };
-    let regex = Regex::new(&pattern).map_err(|e| format!("invalid regex in matcher {s:?}: {e}"))?;
+    let regex = Regex::new(&pattern).map_err(|e| {
+        // The regex crate's message spans several lines; its last line says what is wrong.
+        let text = e.to_string();
+        let reason = text.lines().last().unwrap_or("").trim_start_matches("error: ").to_string();
+        format!("invalid regex in matcher {s:?}: {reason}")
+    })?;
     Ok(Matcher { label: c[1].to_string(), negate, regex })
 }
 
@@ -706,7 +711,8 @@ impl Validator<'_> {
     fn notification(&mut self, n: &yaml::RawNotification) -> NotificationDefaults {
         let check_re = |v: &mut Self, s: &Spanned<String>| {
             if let Err(e) = Regex::new(&s.value) {
-                v.err(s, format!("invalid regex: {e}"));
+                let text = e.to_string();
+                v.err(s, format!("invalid regex: {}", text.lines().last().unwrap_or("").trim_start_matches("error: ")));
             }
         };
         for p in &n.scrub.extra_patterns {

@@ -69,6 +69,10 @@ impl Diagnostics {
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter().filter(|d| !d.is_error())
     }
+    /// Sorts by file, line and column (stable), for reading.
+    pub fn sort(&mut self) {
+        self.0.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+    }
     /// Appends all of another collection.
     pub fn extend(&mut self, other: Diagnostics) {
         self.0.extend(other.0);

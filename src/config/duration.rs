@@ -16,7 +16,7 @@ pub struct PromDuration(pub Duration);
 
 /// Why a duration did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (use Prometheus syntax such as 30s, 5m, 1h30m)")]
+#[error("invalid duration {input:?}: {reason}; use Prometheus syntax such as 30s, 5m or 1h30m")]
 pub struct DurationError {
     input: String,
     reason: &'static str,
@@ -83,7 +83,7 @@ impl FromStr for PromDuration {
             let idx = UNITS
                 .iter()
                 .position(|(u, _)| *u == unit)
-                .ok_or_else(|| err("unknown unit (valid: y, w, d, h, m, s, ms)"))?;
+                .ok_or_else(|| err("unknown unit (units: y, w, d, h, m, s, ms)"))?;
             if last_unit.is_some_and(|l| idx <= l) {
                 return Err(err("units must appear once each, largest first"));
             }

@@ -48,7 +48,7 @@ pub fn render(env: &Environment<'_>, src: &str, ctx: &Value) -> Result<String, S
 }
 
 fn describe(e: &minijinja::Error) -> String {
-    let mut msg = e.to_string();
+    let mut msg = e.to_string().replace(" (in <string>:1)", "");
     if let Some(d) = e.detail() {
         if !msg.contains(d) {
             msg = format!("{msg}: {d}");

@@ -9,7 +9,7 @@ mod series;
 
 pub use series::parse_series;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,8 +38,6 @@ pub enum FileError {
 
 struct PreparedTest {
     name: String,
-    /// Evaluation times with the groups due at each.
-    subjects: Vec<Subject>,
     /// (group index, slot) → subject → series.
     series: HashMap<(usize, usize), HashMap<Subject, Vec<Option<f64>>>>,
     interval: Ts,
@@ -191,7 +189,8 @@ fn prepare(path: &str, t: &yaml::RawTest, rules: &RuleSet, default_interval: Dur
     let rule_names: BTreeSet<&str> = rules.groups.iter().flat_map(|g| g.rules.iter().map(|r| r.name.as_str())).collect();
     let mut expects = Vec::new();
     for e in &t.expect {
-        let Some(at) = parse_at(path, &e.at, diags) else { continue };
+        // A bad `at` is reported, and the rest of the expectation is still checked.
+        let at = parse_at(path, &e.at, diags);
         let lists = [(ExpectKind::Firing, &e.firing), (ExpectKind::Includes, &e.includes), (ExpectKind::Excludes, &e.excludes)];
         if lists.iter().all(|(_, l)| l.is_none()) {
             diags.push(err_at(path, &e.at, "an expectation needs `firing`, `includes` or `excludes`"));
@@ -204,13 +203,15 @@ fn prepare(path: &str, t: &yaml::RawTest, rules: &RuleSet, default_interval: Dur
                     instances.insert(i);
                 }
             }
-            expects.push(Expect { at, at_text: e.at.value.clone(), kind, instances });
+            if let Some(at) = at {
+                expects.push(Expect { at, at_text: e.at.value.clone(), kind, instances });
+            }
         }
     }
     if diags.errors().count() > before {
         return None;
     }
-    Some(PreparedTest { name: t.name.value.clone(), subjects, series, interval: ms(interval), events, expects })
+    Some(PreparedTest { name: t.name.value.clone(), series, interval: ms(interval), events, expects })
 }
 
 fn resolve_instance(
@@ -334,7 +335,6 @@ fn run_test(engine: &Engine, rules: &RuleSet, default_interval: Duration, t: &Pr
             }
         }
     }
-    let _ = &t.subjects;
     TestOutcome { name: t.name.clone(), failures }
 }
 
@@ -366,6 +366,3 @@ fn check(e: &Expect, firing: &BTreeSet<(String, Subject)>) -> Option<String> {
     }
     Some(msg)
 }
-
-/// Groups outcomes per file for printing.
-pub type Report = BTreeMap<String, Vec<TestOutcome>>;

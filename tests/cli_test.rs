@@ -1,0 +1,92 @@
+//! `herald test`: the shipped rule tests pass, and a wrong expectation fails readably.
+
+use std::process::Command;
+
+fn herald() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+#[test]
+fn the_rule_pack_tests_pass() {
+    let files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rules"))
+        .unwrap()
+        .map(|e| format!("tests/rules/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    assert!(files.len() >= 8, "rule test files: {files:?}");
+    let out = herald().arg("test").args(&files).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
+    // Every rule of the pack is exercised by at least one expectation.
+    let all: String = files.iter().map(|f| std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + f).unwrap()).collect();
+    for rule in [
+        "ActivateCommsLead", "PreparePublicUpdate", "EngageLegal", "InternalUpdatesOnly", "EscalateCadence", "UpdateDue",
+        "StatusPageStale", "SupportTicketSpike", "AckOverdue", "LegalReviewOverdue", "PostResolutionComms", "TelemetryGap",
+    ] {
+        assert!(all.contains(&format!("rule: {rule}")), "no test expects {rule}");
+    }
+}
+
+fn write_test(dir: &std::path::Path, expect: &str) -> std::path::PathBuf {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/comms-lead.yaml");
+    let body = format!(
+        "rule_files: [{rules}]\nevaluation_interval: 1m\ntests:\n  - name: breach\n    input:\n      - subject: {{service: checkout}}\n        signals:\n          sli: \"0.97x20\"\n          affected_ratio: \"0.08x20\"\n    expect:\n{expect}"
+    );
+    let p = dir.join("t.yaml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_readable_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_test(dir.path(), "      - at: 4m\n        firing: [{rule: ActivateCommsLead}]\n      - at: 6m\n        firing: []\n");
+    let out = herald().arg("test").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let expected = r#"  FAIL  breach
+        at 4m:
+            expected firing:
+              ActivateCommsLead{service="checkout"}
+            got firing:
+              (none)
+            missing (expected to fire, did not):
+              ActivateCommsLead{service="checkout"}
+        at 6m:
+            expected firing:
+              (none)
+            got firing:
+              ActivateCommsLead{service="checkout"}
+            unexpected (fired, should not):
+              ActivateCommsLead{service="checkout"}
+0 passed, 1 failed
+"#;
+    assert!(stdout.ends_with(expected), "{stdout}");
+}
+
+#[test]
+fn invalid_test_files_get_located_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_test(dir.path(), "      - at: 4x\n        firing: [{rule: NoSuchRule}]\n");
+    let out = herald().arg("test").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("t.yaml:11:13: invalid duration \"4x\""), "{stderr}");
+    assert!(stderr.contains("t.yaml:12:25: unknown rule \"NoSuchRule\""), "{stderr}");
+}
+
+#[test]
+fn a_missing_test_file_is_unreadable_input() {
+    let out = herald().args(["test", "no/such/test.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn run_filters_tests_by_name() {
+    let out = herald().args(["test", "--run", "spec example", "tests/rules/activate.yaml"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.ends_with("1 passed, 0 failed\n"), "{stdout}");
+}
