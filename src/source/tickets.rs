@@ -220,14 +220,15 @@ impl<M> TicketSourceClient<M> {
     /// Renders the request for `subject` and the window ending at `end`.
     fn job(&self, http: &HttpBackend, subject_index: usize, subject: &Subject, day: i64, end: Ts) -> Result<Job, SourceError> {
         let start = end - self.window_ms;
-        let labels: BTreeMap<&str, Value> = subject.labels().iter().map(|(k, v)| (k.as_str(), Value::from(v.as_str()))).collect();
-        let ctx = Value::from_iter([
-            ("subject", Value::from_iter(labels)),
+        let labels: BTreeMap<String, Value> = subject.labels().iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
+        let ctx: BTreeMap<&str, Value> = BTreeMap::from([
+            ("subject", Value::from(labels)),
             ("start", Value::from(rfc3339(start))),
             ("end", Value::from(rfc3339(end))),
             ("start_unix", Value::from(start.div_euclid(1000))),
             ("end_unix", Value::from(end.div_euclid(1000))),
         ]);
+        let ctx = Value::from(ctx);
         let render = |what: &str, src: &str| {
             template::render(&http.env, src, &ctx).map_err(|e| SourceError::Query(format!("ticket source {:?}: {what} template for {subject}: {e}", self.name)))
         };
