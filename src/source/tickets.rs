@@ -297,6 +297,7 @@ impl<M> TicketSourceClient<M> {
                     return Err(SourceError::Response(format!("{why}; not polling again before {}", rfc3339(*until))));
                 }
             }
+            tracing::debug!(source = %self.name, subjects = missing.len(), at = %rfc3339(at), "polling ticket source");
             match self.fetch_http(http, &missing, at).await {
                 Ok(values) => {
                     cache.backoff = None;
@@ -305,6 +306,7 @@ impl<M> TicketSourceClient<M> {
                     }
                 }
                 Err(FetchError::RateLimited { until, message }) => {
+                    tracing::warn!(source = %self.name, until = %rfc3339(until), "ticket source rate limited (HTTP 429); backing off");
                     let err = SourceError::Response(format!("{message}; not polling again before {}", rfc3339(until)));
                     cache.backoff = Some((until, message));
                     return Err(err);
