@@ -4,11 +4,23 @@
 //! This module owns the traits and the keying of series into subjects (one query per signal
 //! per group evaluation, whatever the number of subjects). Implementations live in submodules
 //! and do network I/O; nothing here decides anything.
+//!
+//! - [`prometheus`]: [`PrometheusSource`], the PromQL client (HTTP, auth, TLS, error mapping,
+//!   chunked range queries). It passes values through untouched and never caches or retries.
+//! - [`tickets`]: [`TicketSourceClient`], `tickets` and `tickets_baseline` from a configured
+//!   ticket source (Prometheus, Zendesk or any JSON endpoint), with its cache, 429 back-off and
+//!   7-day median. It never decides what a count means.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
 use crate::engine::{Subject, Ts};
+
+pub mod prometheus;
+pub mod tickets;
+
+pub use prometheus::{PrometheusSource, MAX_POINTS_PER_SERIES};
+pub use tickets::{median, TicketSourceClient};
 
 /// One series of an instant-query result.
 #[derive(Clone, Debug, PartialEq)]
