@@ -22,6 +22,14 @@ pub fn environment() -> Environment<'static> {
             format!("{}%", trim_float(p, 1))
         }
     });
+    env.add_filter("urlencode", |v: String| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    });
     env.add_filter("duration", |v: f64| -> String {
         crate::config::PromDuration(std::time::Duration::from_secs(v.max(0.0) as u64)).to_string()
     });
@@ -102,5 +110,6 @@ mod tests {
         assert_eq!(r("{{ 0.99951 | percent }}"), "99.951%");
         assert_eq!(r("{{ 0.08 | percent }}"), "8%");
         assert_eq!(r("{{ 3900 | duration }}"), "1h5m");
+        assert_eq!(r("{{ 'a b/ü' | urlencode }}"), "a%20b%2F%C3%BC");
     }
 }

@@ -281,29 +281,32 @@ impl Engine {
         let mut out = StepOutput::default();
 
         // The subjects: every series, every live instance, every incident with these labels.
-        let mut subjects: Vec<Subject> = Vec::new();
+        // Deduplicate through a set first: the same subjects appear in every signal.
+        let mut seen: std::collections::HashSet<&Subject> = std::collections::HashSet::new();
         for slot in &input.slots {
             if let SlotValues::Series(m) = slot {
-                subjects.extend(m.keys().cloned());
+                seen.reserve(m.len());
+                seen.extend(m.keys());
             }
         }
         for rule in &group.rules {
             if let Some(m) = state.instances.get(&rule.name) {
-                subjects.extend(m.keys().cloned());
+                seen.extend(m.keys());
             }
         }
-        subjects.extend(state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels)).cloned());
+        seen.extend(state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels)));
+        let mut subjects: Vec<Subject> = seen.into_iter().cloned().collect();
         subjects.sort_unstable();
-        subjects.dedup();
         out.subjects = subjects.len();
 
-        for rule in &group.rules {
-            state.instances.entry(rule.name.clone()).or_default();
-        }
+        // Take each rule's instance map out of the state for the loop (no lookup per subject).
+        let mut maps: Vec<HashMap<Subject, Instance>> =
+            group.rules.iter().map(|r| state.instances.remove(&r.name).unwrap_or_default()).collect();
         let mut values: Vec<Option<f64>> = vec![None; group.slots.len()];
         let mut truths: Vec<Truth> = vec![Truth::Unknown; group.rules.len()];
         let mut started: Vec<usize> = Vec::new();
         let mut changed: Vec<(usize, Phase, Phase, Ts)> = Vec::new();
+        let mut label_values: Vec<&str> = Vec::with_capacity(group.subject_labels.len());
 
         for subject in &subjects {
             for (slot, v) in input.slots.iter().zip(values.iter_mut()) {
@@ -313,7 +316,8 @@ impl Engine {
                     SlotValues::Unavailable(_) => None,
                 };
             }
-            let label_values: Vec<&str> = group.subject_labels.iter().map(|l| subject.get(l).unwrap_or("")).collect();
+            label_values.clear();
+            label_values.extend(group.subject_labels.iter().map(|l| subject.get(l).unwrap_or("")));
             started.clear();
             changed.clear();
             {
@@ -329,7 +333,7 @@ impl Engine {
                 if truth == Truth::Unknown {
                     out.unknown += 1;
                 }
-                let map = state.instances.get_mut(&rule.name).expect("inserted above");
+                let map = &mut maps[ri];
                 if truth != Truth::True && map.is_empty() {
                     continue; // inactive stays inactive: the common case, no hashing
                 }
@@ -380,7 +384,7 @@ impl Engine {
             if let Some(inc) = state.incidents.get_mut(subject).filter(|i| i.is_open()) {
                 if let Some(ri) = inc.activating_rule.as_ref().and_then(|r| group.rules.iter().position(|x| &x.name == r)) {
                     let rule = &group.rules[ri];
-                    let live = state.instances.get(&rule.name).is_some_and(|m| m.contains_key(subject));
+                    let live = maps[ri].contains_key(subject);
                     match truths[ri] {
                         Truth::Unknown => {}
                         _ if live => inc.clear_since = None,
@@ -407,6 +411,9 @@ impl Engine {
                 let d = self.decision(group, rule, subject, &values, incident, status, now, starts);
                 out.decisions.push(d);
             }
+        }
+        for (rule, map) in group.rules.iter().zip(maps) {
+            state.instances.insert(rule.name.clone(), map);
         }
         out
     }
