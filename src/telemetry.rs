@@ -102,6 +102,9 @@ fn register_known_series() {
     metrics::gauge!("herald_config_last_reload_successful").set(1.0);
     metrics::counter!("herald_update_corrections_total").absolute(0);
     metrics::counter!("herald_false_notifications_total").absolute(0);
+    for h in COMMS_HISTOGRAMS {
+        let _ = metrics::histogram!(h);
+    }
     for c in Channel::ALL {
         metrics::counter!("herald_public_updates_total", "channel" => c.as_str()).absolute(0);
     }
@@ -163,6 +166,11 @@ mod tests {
             .unwrap()
             .build_recorder();
         let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let _ = metrics::histogram!("herald_legal_review_seconds");
+        });
+        let text = handle.render();
+        assert!(text.contains("herald_legal_review_seconds_count 0"), "registered histograms render before a sample:\n{text}");
         let mut inc = Incident::open("INC-1".into(), Subject::new([("service", "a")]), Severity::Critical, 0, None);
         let fx = inc.apply(&Event::Ack, 90_000).unwrap();
         metrics::with_local_recorder(&recorder, || record_effect(&fx, &inc, 1));

@@ -370,7 +370,7 @@ fn validate_rule(
             v
         }
     };
-    for (k, _) in &r.labels {
+    for k in r.labels.keys() {
         if !is_identifier(k) {
             diags.push(err_at(path, &r.name, format!("rule {:?}: invalid label name {k:?}", r.name.value)));
         }

@@ -46,15 +46,32 @@ pub fn router(shared: Arc<Shared>) -> Router {
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) -> std::io::Result<()> {
     let handle = crate::telemetry::install();
     tokio::spawn(crate::telemetry::upkeep(handle, shared.shutdown.clone()));
-    {
-        let s = shared.clone();
-        let open = tokio::task::spawn_blocking(move || s.core.lock().expect("core lock").state.incidents.values().filter(|i| i.is_open()).count())
-            .await
-            .unwrap_or(0);
-        metrics::gauge!("herald_incidents_open").set(open as f64);
-    }
+    register_state_series(&shared).await;
     let token = shared.shutdown.clone();
     axum::serve(listener, router(shared)).with_graceful_shutdown(async move { token.cancelled().await }).await
+}
+
+/// Series whose values or labels come from the state and the configuration start right away:
+/// open incidents, pending outbox entries, and a zero for every receiver × outcome.
+async fn register_state_series(shared: &Arc<Shared>) {
+    let s = shared.clone();
+    let counts = tokio::task::spawn_blocking(move || {
+        let core = s.core.lock().expect("core lock");
+        let open = core.state.incidents.values().filter(|i| i.is_open()).count();
+        (open, core.store.pending_count().ok())
+    })
+    .await;
+    if let Ok((open, pending)) = counts {
+        metrics::gauge!("herald_incidents_open").set(open as f64);
+        if let Some(p) = pending {
+            metrics::gauge!("herald_outbox_pending").set(p as f64);
+        }
+    }
+    for r in &shared.config().receivers {
+        for outcome in ["sent", "failed", "retried", "suppressed", "dry_run"] {
+            metrics::counter!("herald_notifications_total", "receiver" => r.name.clone(), "outcome" => outcome).absolute(0);
+        }
+    }
 }
 
 /// An error answer: a status and `{"error": "..."}` (plus optional extra fields).

@@ -36,12 +36,15 @@ pub enum FileError {
     Invalid(Diagnostics),
 }
 
+/// (group index, slot) → subject → series.
+type SeriesBySlot = HashMap<(usize, usize), HashMap<Subject, Vec<Option<f64>>>>;
+
 struct PreparedTest {
     name: String,
     /// Evaluation times with the groups due at each.
     subjects: Vec<Subject>,
     /// (group index, slot) → subject → series.
-    series: HashMap<(usize, usize), HashMap<Subject, Vec<Option<f64>>>>,
+    series: SeriesBySlot,
     interval: Ts,
     events: Vec<(Ts, Subject, Event)>,
     expects: Vec<Expect>,
@@ -132,7 +135,7 @@ fn prepare(path: &str, t: &yaml::RawTest, rules: &RuleSet, default_interval: Dur
         diags.push(err_at(path, t.interval.as_ref().unwrap(), "interval must be greater than 0"));
     }
     let mut subjects = Vec::new();
-    let mut series: HashMap<(usize, usize), HashMap<Subject, Vec<Option<f64>>>> = HashMap::new();
+    let mut series: SeriesBySlot = HashMap::new();
     let mut events = Vec::new();
     for input in &t.input {
         let subject = Subject::new(input.subject.value.clone());
