@@ -14,4 +14,5 @@ pub mod http;
 pub mod notify;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 pub mod testing;

@@ -3,6 +3,8 @@
 //! This is the only layer that prints for the user and the only one using `anyhow`.
 
 mod check;
+mod live_source;
+mod run;
 mod test;
 
 use std::path::PathBuf;
@@ -21,10 +23,23 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: evaluate rules, record decisions and incidents, serve the API.
+    Run(RunArgs),
     /// Validate a configuration (with its rule files) or rule files alone; reports every problem.
     Check(CheckArgs),
     /// Run rule unit tests on synthetic signals.
     Test(TestArgs),
+}
+
+/// `herald run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// Evaluate and record everything as live, but call no receiver.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `herald check`.
@@ -64,6 +79,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Run(a) => run::run(a),
         Command::Check(a) => check::run(a),
         Command::Test(a) => test::run(a),
     };

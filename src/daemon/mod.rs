@@ -9,6 +9,7 @@
 //! same decision again: nothing is lost and nothing is announced that is not recorded.
 
 mod eval;
+mod reload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use eval::evaluate_group_once;
+pub use reload::{reload, ReloadError, ReloadSummary};
 
 use crate::config::Config;
 use crate::engine::{Engine, State, Ts};
@@ -30,6 +32,9 @@ use crate::store::{Store, StoreError};
 pub struct RunOptions {
     /// Everything as live, but no receiver transport is called.
     pub dry_run: bool,
+    /// Each notification reloads the configuration, as `POST /-/reload` does (the CLI wires
+    /// SIGHUP to it).
+    pub reload_requests: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The engine state and its durable copy, locked together so they never drift apart.
@@ -53,6 +58,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Bumped after every successful reload; the evaluation loop restarts its group tasks.
+    pub reloaded: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -114,11 +121,15 @@ pub async fn run<S: MetricsSource + 'static>(
         outbox_wake: tokio::sync::Notify::new(),
         ready: AtomicBool::new(false),
         shutdown: token.clone(),
+        reloaded: tokio::sync::watch::Sender::new(0),
     });
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(evaluation_loop(shared.clone(), source.clone()));
     tasks.spawn(crate::notify::worker::run(shared.clone()));
+    if let Some(requests) = shared.options.reload_requests.clone() {
+        tasks.spawn(reload_on_request(shared.clone(), requests));
+    }
     let http = tokio::spawn(crate::http::serve(shared.clone(), listener));
 
     shutdown.await;
@@ -136,29 +147,57 @@ pub async fn run<S: MetricsSource + 'static>(
 }
 
 /// Runs every group on its interval until shutdown. Restarts the per-group tasks when the
-/// configuration is reloaded.
+/// configuration is reloaded: a group task finishes the evaluation it is in, then stops.
 async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source: Arc<S>) {
-    let config = shared.config();
-    let mut set = tokio::task::JoinSet::new();
-    for gi in 0..config.rules.groups.len() {
-        let shared = shared.clone();
-        let source = source.clone();
-        let config = config.clone();
-        set.spawn(async move {
-            let group = &config.rules.groups[gi];
-            let interval = group.interval_or(config.global.evaluation_interval);
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        evaluate_group_once(&shared, source.as_ref(), &config, gi, now_ms()).await;
-                    }
-                }
-            }
-        });
+    let mut reloads = shared.reloaded.subscribe();
+    loop {
+        reloads.mark_unchanged();
+        let config = shared.config();
+        let stop = shared.shutdown.child_token();
+        let mut set = tokio::task::JoinSet::new();
+        for gi in 0..config.rules.groups.len() {
+            set.spawn(group_task(shared.clone(), source.clone(), config.clone(), gi, stop.clone()));
+        }
+        shared.ready.store(true, Ordering::Relaxed);
+        let reloaded = tokio::select! {
+            _ = shared.shutdown.cancelled() => false,
+            r = reloads.changed() => r.is_ok(),
+        };
+        stop.cancel();
+        while set.join_next().await.is_some() {}
+        if !reloaded || shared.shutdown.is_cancelled() {
+            break;
+        }
+        tracing::info!("restarting rule groups on the reloaded configuration");
     }
-    shared.ready.store(true, Ordering::Relaxed);
-    while set.join_next().await.is_some() {}
+}
+
+/// Evaluates one group on its interval until `stop` is cancelled.
+async fn group_task<S: MetricsSource + 'static>(shared: Arc<Shared>, source: Arc<S>, config: Arc<Config>, gi: usize, stop: CancellationToken) {
+    let group = &config.rules.groups[gi];
+    let interval = group.interval_or(config.global.evaluation_interval);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                evaluate_group_once(&shared, source.as_ref(), &config, gi, now_ms()).await;
+            }
+        }
+    }
+}
+
+/// Reloads the configuration on every request until shutdown.
+async fn reload_on_request(shared: Arc<Shared>, requests: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = requests.notified() => {
+                let s = shared.clone();
+                // Errors are logged (and counted) by `reload`.
+                let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
+            }
+        }
+    }
 }

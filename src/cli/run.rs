@@ -1,0 +1,99 @@
+//! `herald run`: load and validate the configuration (refusing before binding anything), set
+//! up logging, bind the listener, and run the daemon on a multi-thread runtime until SIGTERM
+//! or Ctrl-C. SIGHUP reloads the configuration like `POST /-/reload`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::live_source::LiveSource;
+use super::{RunArgs, EXIT_FAILED, EXIT_USAGE};
+use crate::config::{self, daemon::process_env};
+use crate::daemon::{self, RunOptions};
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match config::load_config(&args.config, &process_env) {
+        Ok((cfg, warnings)) => {
+            for w in &warnings.0 {
+                eprintln!("{w}");
+            }
+            cfg
+        }
+        Err(diags) => {
+            for d in &diags.0 {
+                eprintln!("{d}");
+            }
+            let n = diags.errors().count();
+            eprintln!("herald run: {n} error{} in the configuration; not starting", if n == 1 { "" } else { "s" });
+            return Ok(ExitCode::from(super::check::exit_code(&diags)));
+        }
+    };
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(run_async(config, args.dry_run))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second initialisation (never in the binary) is harmless.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init();
+}
+
+async fn run_async(config: config::Config, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let listen = config.global.listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("herald run: cannot listen on {listen}: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let source = match LiveSource::new(config.prometheus.as_ref()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("herald run: cannot set up the prometheus client: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    // Install the recorder before anything records a metric.
+    crate::telemetry::install();
+
+    let reload = Arc::new(tokio::sync::Notify::new());
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    {
+        let reload = reload.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                reload.notify_one();
+            }
+        });
+    }
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+    };
+
+    println!(
+        "herald {} listening on {}, state in {}, {}",
+        env!("CARGO_PKG_VERSION"),
+        listener.local_addr().unwrap_or(listen),
+        config.global.state_dir.display(),
+        if dry_run { "dry run: no notification will be sent" } else { "live: notifications will be sent" }
+    );
+    let options = RunOptions { dry_run, reload_requests: Some(reload) };
+    match daemon::run(config, listener, source, options, shutdown).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("herald run: {e}");
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}
