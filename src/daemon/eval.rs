@@ -6,10 +6,29 @@ use std::time::Instant;
 
 use crate::config::{Config, SignalSource};
 use crate::engine::{ChangeKind, GroupInput, Phase, SlotValues, StepOutput, Ts};
-use crate::source::{key_by_subject, MetricsSource};
+use crate::source::tickets::TicketSourceClient;
+use crate::source::{key_by_subject, MetricsSource, TicketCounter};
 use crate::store::Commit;
 
 use super::Shared;
+
+/// The ticket clients of a configuration, by source name.
+pub type Tickets<S> = HashMap<String, TicketSourceClient<S>>;
+
+/// Builds the ticket clients of a configuration; a source that cannot be built is logged and
+/// left out (its rules stay unknown).
+pub fn ticket_clients<S: MetricsSource>(config: &Config, source: &Arc<S>) -> Tickets<S> {
+    let mut out = HashMap::new();
+    for t in &config.ticket_sources {
+        match TicketSourceClient::new(t, Some(source.clone())) {
+            Ok(c) => {
+                out.insert(t.name.clone(), c);
+            }
+            Err(e) => tracing::error!(source = %t.name, error = %e, "ticket source unavailable"),
+        }
+    }
+    out
+}
 
 /// What one evaluation did, for logs, tests and benchmarks.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +47,14 @@ pub struct EvalReport {
 /// Queries the group's signals (one query each, concurrently), evaluates, plans notifications
 /// and commits everything in one transaction. On a failed commit the in-memory state is
 /// restored, so the decision will be made again at the next evaluation.
-pub async fn evaluate_group_once<S: MetricsSource>(shared: &Arc<Shared>, source: &S, config: &Arc<Config>, gi: usize, now: Ts) -> EvalReport {
+pub async fn evaluate_group_once<S: MetricsSource>(
+    shared: &Arc<Shared>,
+    source: &S,
+    tickets: &Tickets<S>,
+    config: &Arc<Config>,
+    gi: usize,
+    now: Ts,
+) -> EvalReport {
     let started = Instant::now();
     let group = &config.rules.groups[gi];
     let mut report = EvalReport::default();
@@ -68,11 +94,50 @@ pub async fn evaluate_group_once<S: MetricsSource>(shared: &Arc<Shared>, source:
     if !all_ok {
         metrics::counter!("herald_rule_evaluation_failures_total", "group" => group.name.clone()).increment(1);
     }
-    for s in &group.signals {
-        if let SignalSource::Tickets { source, baseline_slot } = &s.source {
-            let msg = format!("ticket source {source:?} is not available");
-            input.slots[s.slot] = SlotValues::Unavailable(msg.clone());
-            input.slots[*baseline_slot] = SlotValues::Unavailable(msg);
+    // Tickets are counted for the subjects the group knows: its series and its incidents.
+    let ticket_signals: Vec<_> = group
+        .signals
+        .iter()
+        .filter_map(|s| match &s.source {
+            SignalSource::Tickets { source, baseline_slot } => Some((s.slot, *baseline_slot, source.as_str())),
+            _ => None,
+        })
+        .collect();
+    if !ticket_signals.is_empty() {
+        let mut known: Vec<crate::engine::Subject> = Vec::new();
+        for slot in &input.slots {
+            if let SlotValues::Series(m) = slot {
+                known.extend(m.keys().cloned());
+            }
+        }
+        {
+            let core = shared.core.lock().expect("core lock");
+            known.extend(core.state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels)).cloned());
+        }
+        known.sort_unstable();
+        known.dedup();
+        for (slot, baseline_slot, name) in ticket_signals {
+            let result = match tickets.get(name) {
+                Some(client) => client.counts(&known, &group.subject_labels, now).await,
+                None => Err(crate::source::SourceError::Query(format!("ticket source {name:?} is not configured"))),
+            };
+            match result {
+                Ok(counts) => {
+                    for (subject, n) in &counts.tickets {
+                        if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
+                            let labels: Vec<(String, String)> = subject.labels().to_vec();
+                            metrics::gauge!("herald_ticket_ratio", &labels).set(n / b);
+                        }
+                    }
+                    input.slots[slot] = SlotValues::Series(counts.tickets);
+                    input.slots[baseline_slot] = SlotValues::Series(counts.baseline);
+                }
+                Err(e) => {
+                    tracing::warn!(group = %group.name, source = %name, error = %e, "ticket counts unavailable; ticket rules are unknown");
+                    input.slots[slot] = SlotValues::Unavailable(e.to_string());
+                    input.slots[baseline_slot] = SlotValues::Unavailable(e.to_string());
+                }
+            }
         }
     }
 

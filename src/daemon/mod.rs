@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use eval::evaluate_group_once;
+pub use eval::{evaluate_group_once, EvalReport, Tickets};
 pub use reload::{reload, ReloadError, ReloadSummary};
 
 use crate::config::Config;
@@ -153,10 +153,11 @@ async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source
     loop {
         reloads.mark_unchanged();
         let config = shared.config();
+        let tickets = Arc::new(eval::ticket_clients(&config, &source));
         let stop = shared.shutdown.child_token();
         let mut set = tokio::task::JoinSet::new();
         for gi in 0..config.rules.groups.len() {
-            set.spawn(group_task(shared.clone(), source.clone(), config.clone(), gi, stop.clone()));
+            set.spawn(group_task(shared.clone(), source.clone(), tickets.clone(), config.clone(), gi, stop.clone()));
         }
         shared.ready.store(true, Ordering::Relaxed);
         let reloaded = tokio::select! {
@@ -173,7 +174,14 @@ async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source
 }
 
 /// Evaluates one group on its interval until `stop` is cancelled.
-async fn group_task<S: MetricsSource + 'static>(shared: Arc<Shared>, source: Arc<S>, config: Arc<Config>, gi: usize, stop: CancellationToken) {
+async fn group_task<S: MetricsSource + 'static>(
+    shared: Arc<Shared>,
+    source: Arc<S>,
+    tickets: Arc<Tickets<S>>,
+    config: Arc<Config>,
+    gi: usize,
+    stop: CancellationToken,
+) {
     let group = &config.rules.groups[gi];
     let interval = group.interval_or(config.global.evaluation_interval);
     let mut tick = tokio::time::interval(interval);
@@ -182,7 +190,7 @@ async fn group_task<S: MetricsSource + 'static>(shared: Arc<Shared>, source: Arc
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {
-                evaluate_group_once(&shared, source.as_ref(), &config, gi, now_ms()).await;
+                evaluate_group_once(&shared, source.as_ref(), &tickets, &config, gi, now_ms()).await;
             }
         }
     }
