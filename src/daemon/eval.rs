@@ -117,10 +117,14 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         known.sort_unstable();
         known.dedup();
         for (slot, baseline_slot, name) in ticket_signals {
-            let result = match tickets.get(name) {
-                Some(client) => client.counts(&known, &group.subject_labels, now).await,
-                None => Err(crate::source::SourceError::Query(format!("ticket source {name:?} is not configured"))),
+            let Some(client) = tickets.get(name) else {
+                // Not configured: `check` and start-up warned once; its rules stay unknown.
+                let msg = format!("ticket source {name:?} is not configured");
+                input.slots[slot] = SlotValues::Unavailable(msg.clone());
+                input.slots[baseline_slot] = SlotValues::Unavailable(msg);
+                continue;
             };
+            let result = client.counts(&known, &group.subject_labels, now).await;
             match result {
                 Ok(counts) => {
                     for (subject, n) in &counts.tickets {
@@ -182,6 +186,9 @@ pub async fn evaluate_group_once<S: MetricsSource>(
     .await;
     match joined {
         Ok((out, enqueued, committed)) => {
+            if committed {
+                log_step(group, &out);
+            }
             report.output = out;
             report.enqueued = enqueued;
             report.committed = committed;
@@ -194,6 +201,30 @@ pub async fn evaluate_group_once<S: MetricsSource>(
     metrics::counter!("herald_rule_evaluations_total", "group" => group.name.clone()).increment(1);
     metrics::gauge!("herald_rule_group_last_duration_seconds", "group" => group.name.clone()).set(started.elapsed().as_secs_f64());
     report
+}
+
+/// One log line per decision and incident change: the daemon's story, readable in a terminal.
+fn log_step(group: &crate::config::Group, out: &StepOutput) {
+    for d in &out.decisions {
+        let summary = d.annotations.get("summary").map(String::as_str).unwrap_or("");
+        let incident = d.incident.as_ref().map(|i| i.id.as_str()).unwrap_or("-");
+        match d.status {
+            crate::engine::DecisionStatus::Firing => {
+                tracing::info!(group = %group.name, rule = %d.rule, action = d.action.as_str(), subject = %d.subject, incident, "FIRING: {summary}")
+            }
+            crate::engine::DecisionStatus::Resolved => {
+                tracing::info!(group = %group.name, rule = %d.rule, subject = %d.subject, incident, "resolved")
+            }
+        }
+    }
+    for c in &out.incidents {
+        let i = &c.incident;
+        match c.kind {
+            ChangeKind::Opened => tracing::info!(incident = %i.id, subject = %i.subject, severity = i.severity.as_str(), rule = i.activating_rule.as_deref().unwrap_or("-"), "incident opened"),
+            ChangeKind::Resolved => tracing::info!(incident = %i.id, subject = %i.subject, "incident resolved"),
+            ChangeKind::Updated => tracing::debug!(incident = %i.id, "incident updated"),
+        }
+    }
 }
 
 fn record_metrics(group: &crate::config::Group, out: &StepOutput, open: usize, firing: &HashMap<&str, usize>) {
