@@ -528,12 +528,12 @@ async fn maintenance_suppression_is_counted_when_planned() {
     let srv = Server::start(vec![]).await;
     let tmp = tempfile::tempdir().unwrap();
     let receivers = hook_yaml("maint-hook", &srv.url("/h"), "");
-    let mut config = write_config(tmp.path(), &receivers, &["maint-hook"], "  group_wait: 1s");
+    write_config(tmp.path(), &receivers, &["maint-hook"], "  group_wait: 1s");
     // A window that is always active.
     let yaml = std::fs::read_to_string(tmp.path().join("herald.yaml")).unwrap()
         + "maintenance_windows:\n  - name: always\n    schedule: '* * * * *'\n    duration: 2m\n";
     std::fs::write(tmp.path().join("herald.yaml"), yaml).unwrap();
-    config = load_config(&tmp.path().join("herald.yaml"), &|_| None).map_err(|d| format!("{d:?}")).expect("valid config").0;
+    let config = load_config(&tmp.path().join("herald.yaml"), &|_| None).map_err(|d| format!("{d:?}")).expect("valid config").0;
     let store = Store::open_dir(&config.global.state_dir).unwrap();
     let shared = Arc::new(Shared::new(config, store, RunOptions::default()).unwrap());
     let planned = enqueue(&shared, &[decision("Page", DecisionStatus::Firing, "checkout", None, &["maint-hook"])]);
@@ -643,4 +643,32 @@ async fn entries_committed_before_a_crash_are_delivered_once_after_restart() {
     let mut want = pending_ids.clone();
     want.sort();
     assert_eq!(got, want, "exactly the pending entries, once each; never the sent one ({sent_id})");
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_deadline() {
+    let srv = Server::start(vec![reply(500); 100]).await;
+    let e = env(&hook_yaml("hook-deadline", &srv.url("/d"), "    max_retry_duration: 400ms\n"), &["hook-deadline"], "  group_wait: 1s", false);
+    let planned = enqueue(&e.shared, &[decision("Page", DecisionStatus::Firing, "checkout", None, &["hook-deadline"])]);
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("giving up", Duration::from_secs(10), || entry(&e.shared, &planned[0].id).state == OutboxState::Failed).await;
+    let tries = srv.requests().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(&e.shared, h).await;
+    assert!(tries >= 2, "retried before giving up ({tries})");
+    assert_eq!(srv.requests().len(), tries, "no try after giving up");
+    let failed = entry(&e.shared, &planned[0].id);
+    assert!(failed.last_error.as_deref().unwrap().contains("deadline"), "{:?}", failed.last_error);
+    assert_eq!(notifications_total("hook-deadline", "failed"), 1.0);
+}
+
+#[tokio::test]
+async fn the_log_receiver_writes_the_message_and_counts_it_sent() {
+    let e = env("  - name: log-only\n    type: log\n    title: \"LOG {{ rule }}\"\n", &["log-only"], "  group_wait: 1s", false);
+    let planned = enqueue(&e.shared, &[decision("Page", DecisionStatus::Firing, "checkout", None, &["log-only"])]);
+    let (w, h) = start(&e.shared, fast_tuning());
+    wait_for("delivery", Duration::from_secs(10), || entry(&e.shared, &planned[0].id).state == OutboxState::Sent).await;
+    stop(&e.shared, h).await;
+    assert!(w.recorder().requests().is_empty(), "not a dry run: nothing recorded");
+    assert_eq!(notifications_total("log-only", "sent"), 1.0);
 }

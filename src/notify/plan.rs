@@ -298,3 +298,53 @@ pub fn notification(d: &Decision, id: String, dedup_key: String, external_url: &
         dry_run,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::message::tests::sample_firing;
+    use std::time::Duration;
+
+    fn delivered(payload: &Notification, at: Ts) -> OutboxEntry {
+        OutboxEntry {
+            id: "n0".into(),
+            dedup_key: "INC-1/R".into(),
+            receiver: "r".into(),
+            rule: "R".into(),
+            subject: "s".into(),
+            status: "firing".into(),
+            payload: serde_json::to_string(payload).unwrap(),
+            created_at: at,
+            not_before: at,
+            deadline: at + 1,
+            attempts: 1,
+            state: OutboxState::Sent,
+            last_error: None,
+            delivered_at: Some(at),
+        }
+    }
+
+    #[test]
+    fn min_interval_holds_back_prompts_only() {
+        let mut prompt = sample_firing();
+        prompt.action = "suggest_update".into();
+        let last = delivered(&prompt, 1_000);
+        let five_min = Duration::from_secs(300);
+        assert!(held_by_min_interval(&prompt, Some(&last), 61_000, five_min), "a prompt within min_interval");
+        assert!(!held_by_min_interval(&prompt, Some(&last), 1_000 + 300_000, five_min), "after min_interval");
+        assert!(!held_by_min_interval(&prompt, None, 61_000, five_min), "nothing sent yet");
+        let mut page = prompt.clone();
+        page.action = "escalate".into();
+        assert!(!held_by_min_interval(&page, Some(&last), 61_000, five_min), "pages are never held back");
+        let mut resolved = prompt.clone();
+        resolved.status = Status::Resolved;
+        assert!(!held_by_min_interval(&resolved, Some(&last), 61_000, five_min), "resolutions are never held back");
+        let mut other = prompt.clone();
+        if let Some(i) = other.incident.as_mut() {
+            i.id = "INC-other".into();
+        } else {
+            other.incident = Some(IncidentRef { id: "INC-other".into(), status: "investigating".into(), opened_at: Utc::now(), url: None });
+        }
+        assert!(!held_by_min_interval(&other, Some(&last), 61_000, five_min), "another incident is not held back");
+    }
+}

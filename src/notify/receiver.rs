@@ -49,6 +49,9 @@ pub enum ReceiverError {
     Empty,
 }
 
+/// What marks a rehearsal message's title (and, for template overrides, its text).
+pub const DRY_RUN_PREFIX: &str = "[DRY RUN]";
+
 /// Whether a text receiver type (messages can be grouped).
 pub fn is_chat(kind: &ReceiverKind) -> bool {
     matches!(kind, ReceiverKind::Slack { .. } | ReceiverKind::Teams { .. } | ReceiverKind::Log)
@@ -109,6 +112,15 @@ pub fn group_text(items: &mut [(Notification, RenderedText)]) -> RenderedText {
 fn render(receiver: &Receiver, n: &Notification, ctx: &BuildContext<'_>) -> Result<RenderedText, ReceiverError> {
     let t = Templates::with_overrides(receiver.title_template.as_deref(), receiver.text_template.as_deref())?;
     let mut r = t.render(n)?;
+    if n.dry_run {
+        // The default templates mark rehearsals; make sure overrides do too.
+        if !r.title.starts_with(DRY_RUN_PREFIX) {
+            r.title = format!("{DRY_RUN_PREFIX} {}", r.title);
+        }
+        if !r.text.to_lowercase().contains("dry run") {
+            r.text = format!("{DRY_RUN_PREFIX} {}", r.text);
+        }
+    }
     if let Some(s) = ctx.scrubber {
         s.scrub_rendered(&mut r);
     }
@@ -230,7 +242,7 @@ pub fn combine_any(outcomes: &[Outcome]) -> (Outcome, Vec<String>) {
             Outcome::Permanent(e) | Outcome::Retry { error: e, .. } => Some(format!("peer {}: {e}", i + 1)),
         })
         .collect();
-    if outcomes.iter().any(|o| *o == Outcome::Delivered) {
+    if outcomes.contains(&Outcome::Delivered) {
         return (Outcome::Delivered, errors);
     }
     let retry_after = outcomes
@@ -279,6 +291,38 @@ mod tests {
         assert_eq!(errs, vec!["peer 1: HTTP 503".to_string()]);
         assert!(matches!(combine_any(&[retry.clone(), Outcome::Permanent("HTTP 400".into())]).0, Outcome::Retry { .. }));
         assert!(matches!(combine_any(&[Outcome::Permanent("x".into())]).0, Outcome::Permanent(_)));
+    }
+
+    fn log_receiver(title: Option<&str>) -> Receiver {
+        Receiver {
+            name: "log".into(),
+            kind: ReceiverKind::Log,
+            headers: vec![],
+            timeout: Duration::from_secs(1),
+            send_resolved: None,
+            dry_run_target: true,
+            max_retry_duration: None,
+            concurrency: 1,
+            title_template: title.map(str::to_string),
+            text_template: Some("custom body for {{ rule }}".into()),
+        }
+    }
+
+    #[test]
+    fn overrides_are_used_and_dry_runs_are_always_marked() {
+        let n = crate::notify::message::tests::sample_firing();
+        let ctx = BuildContext { now: Utc::now(), eval_interval: Duration::from_secs(30), scrubber: None, dry_run: true };
+        let ns = parse_payloads([serde_json::to_string(&n).unwrap().as_str()], true).unwrap();
+        let req = &build_requests(&log_receiver(Some("LOG {{ rule }}")), &ns, &ctx).unwrap()[0];
+        let body = req.json().unwrap();
+        assert_eq!(body["title"], format!("[DRY RUN] LOG {}", n.rule));
+        assert_eq!(body["text"], format!("[DRY RUN] custom body for {}", n.rule));
+        // Without overrides the default templates add the prefix themselves (once).
+        let mut r = log_receiver(None);
+        r.text_template = None;
+        let body = build_requests(&r, &ns, &ctx).unwrap()[0].json().unwrap();
+        let title = body["title"].as_str().unwrap();
+        assert!(title.starts_with("[DRY RUN] ") && !title.starts_with("[DRY RUN] [DRY RUN]"), "{title}");
     }
 
     #[test]

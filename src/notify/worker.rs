@@ -363,6 +363,12 @@ impl Worker {
         let now = now_ms();
         let name = job.receiver.name.clone();
         let status_text = statuses.iter().map(|s| s.map_or_else(|| "-".to_string(), |s| s.to_string())).collect::<Vec<_>>().join(",");
+        // One delay for the whole job, so a group retries (and goes out) together.
+        let first_attempts = job.entries.first().map_or(1, |(e, _)| e.attempts + 1);
+        let delay = match outcome {
+            Outcome::Retry { retry_after, .. } => self.tuning.backoff(first_attempts).max(retry_after.unwrap_or_default()),
+            _ => Duration::ZERO,
+        };
         job.entries
             .iter()
             .map(|(e, _)| {
@@ -385,8 +391,7 @@ impl Worker {
                         metrics::counter!("herald_notifications_total", "receiver" => name.clone(), "outcome" => "failed").increment(1);
                         Mark { id: e.id.clone(), state: OutboxState::Failed, attempts, not_before: e.not_before, error: Some(msg.clone()), delivered_at: None }
                     }
-                    Outcome::Retry { error, retry_after } => {
-                        let delay = self.tuning.backoff(attempts).max(retry_after.unwrap_or_default());
+                    Outcome::Retry { error, .. } => {
                         let next = now + delay.as_millis() as Ts;
                         if next > e.deadline {
                             let msg = format!("gave up after {attempts} attempts (retry deadline passed): {error}");
