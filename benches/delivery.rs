@@ -26,7 +26,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(bench());
 }
 
@@ -63,7 +66,9 @@ async fn bench() {
         ),
     )
     .unwrap();
-    let config = load_config(&dir.path().join("herald.yaml"), &|_| None).expect("config").0;
+    let config = load_config(&dir.path().join("herald.yaml"), &|_| None)
+        .expect("config")
+        .0;
     let store = Store::open_dir(&config.global.state_dir).unwrap();
     let shared = Arc::new(Shared::new(config, store, RunOptions::default()).unwrap());
     let worker = Arc::new(Worker::new(shared.clone(), DeliveryTuning::default()).unwrap());
@@ -95,7 +100,15 @@ async fn bench() {
             let mut core = shared2.core.lock().unwrap();
             let core = &mut *core;
             let entries = planner.plan(&decisions, &config, &core.store, now_ms(), false);
-            core.store.commit(&core.state, &Commit { outbox: entries.clone(), ..Default::default() }).unwrap();
+            core.store
+                .commit(
+                    &core.state,
+                    &Commit {
+                        outbox: entries.clone(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
             entries.into_iter().map(|e| e.id).collect::<Vec<_>>()
         })
         .await
@@ -107,12 +120,24 @@ async fn bench() {
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while arrivals.lock().unwrap().len() < N {
-        assert!(Instant::now() < deadline, "not everything was delivered in 120s");
+        assert!(
+            Instant::now() < deadline,
+            "not everything was delivered in 120s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let last_arrival = *arrivals.lock().unwrap().values().max().unwrap();
     // Wait for the outcomes to be recorded too.
-    while shared.core.lock().unwrap().store.outbox(Some(OutboxState::Sent), N + 1).unwrap().len() < N {
+    while shared
+        .core
+        .lock()
+        .unwrap()
+        .store
+        .outbox(Some(OutboxState::Sent), N + 1)
+        .unwrap()
+        .len()
+        < N
+    {
         assert!(Instant::now() < deadline, "outcomes not recorded in 120s");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -121,12 +146,24 @@ async fn bench() {
     handle.await.unwrap();
 
     let arr = arrivals.lock().unwrap();
-    let mut lat: Vec<Duration> = committed.iter().map(|(id, t)| arr[id].saturating_duration_since(*t)).collect();
+    let mut lat: Vec<Duration> = committed
+        .iter()
+        .map(|(id, t)| arr[id].saturating_duration_since(*t))
+        .collect();
     lat.sort();
     let span = last_arrival - started;
     println!("delivery bench: {N} notifications to a local signed webhook (batches of {BATCH}, concurrency 16)");
-    println!("  decision→delivered p50 = {:.1} ms", percentile(&lat, 0.50).as_secs_f64() * 1e3);
-    println!("  decision→delivered p99 = {:.1} ms", percentile(&lat, 0.99).as_secs_f64() * 1e3);
-    println!("  max                    = {:.1} ms", lat.last().unwrap().as_secs_f64() * 1e3);
+    println!(
+        "  decision→delivered p50 = {:.1} ms",
+        percentile(&lat, 0.50).as_secs_f64() * 1e3
+    );
+    println!(
+        "  decision→delivered p99 = {:.1} ms",
+        percentile(&lat, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "  max                    = {:.1} ms",
+        lat.last().unwrap().as_secs_f64() * 1e3
+    );
     println!("  throughput             = {:.0} notifications/s (all delivered in {:.2} s; all marked sent in {:.2} s)", N as f64 / span.as_secs_f64(), span.as_secs_f64(), all_marked.as_secs_f64());
 }

@@ -28,8 +28,9 @@ use serde_json::json;
 use crate::config::daemon::{Receiver, ReceiverKind};
 use crate::notify::transport::{OutgoingRequest, Response, TransportError};
 use crate::notify::{
-    alertmanager_alerts, generic_webhook_body, pagerduty_event, signature_headers, slack_message, teams_message, Notification, RenderedText,
-    Scrubber, SecretError, TemplateError, Templates, WebhookSecret,
+    alertmanager_alerts, generic_webhook_body, pagerduty_event, signature_headers, slack_message,
+    teams_message, Notification, RenderedText, Scrubber, SecretError, TemplateError, Templates,
+    WebhookSecret,
 };
 
 /// Why a request could not be built. Permanent: the entry is marked failed.
@@ -54,7 +55,10 @@ pub const DRY_RUN_PREFIX: &str = "[DRY RUN]";
 
 /// Whether a text receiver type (messages can be grouped).
 pub fn is_chat(kind: &ReceiverKind) -> bool {
-    matches!(kind, ReceiverKind::Slack { .. } | ReceiverKind::Teams { .. } | ReceiverKind::Log)
+    matches!(
+        kind,
+        ReceiverKind::Slack { .. } | ReceiverKind::Teams { .. } | ReceiverKind::Log
+    )
 }
 
 /// What the builder needs besides the notification.
@@ -101,7 +105,11 @@ pub fn group_text(items: &mut [(Notification, RenderedText)]) -> RenderedText {
         .iter()
         .enumerate()
         .map(|(i, (_, r))| {
-            let body = r.text.strip_prefix(r.title.as_str()).unwrap_or(&r.text).trim_start();
+            let body = r
+                .text
+                .strip_prefix(r.title.as_str())
+                .unwrap_or(&r.text)
+                .trim_start();
             format!("{}. {}\n{}", i + 1, r.title, body)
         })
         .collect::<Vec<_>>()
@@ -109,8 +117,15 @@ pub fn group_text(items: &mut [(Notification, RenderedText)]) -> RenderedText {
     RenderedText { title, text }
 }
 
-fn render(receiver: &Receiver, n: &Notification, ctx: &BuildContext<'_>) -> Result<RenderedText, ReceiverError> {
-    let t = Templates::with_overrides(receiver.title_template.as_deref(), receiver.text_template.as_deref())?;
+fn render(
+    receiver: &Receiver,
+    n: &Notification,
+    ctx: &BuildContext<'_>,
+) -> Result<RenderedText, ReceiverError> {
+    let t = Templates::with_overrides(
+        receiver.title_template.as_deref(),
+        receiver.text_template.as_deref(),
+    )?;
     let mut r = t.render(n)?;
     if n.dry_run {
         // The default templates mark rehearsals; make sure overrides do too.
@@ -127,7 +142,12 @@ fn render(receiver: &Receiver, n: &Notification, ctx: &BuildContext<'_>) -> Resu
     Ok(r)
 }
 
-fn post(receiver: &Receiver, url: String, body: &serde_json::Value, extra: Vec<(String, String)>) -> OutgoingRequest {
+fn post(
+    receiver: &Receiver,
+    url: String,
+    body: &serde_json::Value,
+    extra: Vec<(String, String)>,
+) -> OutgoingRequest {
     let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
     headers.extend(receiver.headers.iter().cloned());
     headers.extend(extra);
@@ -142,7 +162,10 @@ fn post(receiver: &Receiver, url: String, body: &serde_json::Value, extra: Vec<(
 }
 
 /// Parses stored payloads (applying the run's dry-run flag).
-pub fn parse_payloads<'a>(payloads: impl IntoIterator<Item = &'a str>, dry_run: bool) -> Result<Vec<Notification>, ReceiverError> {
+pub fn parse_payloads<'a>(
+    payloads: impl IntoIterator<Item = &'a str>,
+    dry_run: bool,
+) -> Result<Vec<Notification>, ReceiverError> {
     payloads
         .into_iter()
         .map(|p| {
@@ -156,7 +179,11 @@ pub fn parse_payloads<'a>(payloads: impl IntoIterator<Item = &'a str>, dry_run: 
 /// Builds the request(s) for one delivery: one notification, or for chat receivers possibly
 /// several grouped into one message. Alertmanager yields one request per peer (delivered when
 /// at least one accepts); others yield exactly one.
-pub fn build_requests(receiver: &Receiver, notifications: &[Notification], ctx: &BuildContext<'_>) -> Result<Vec<OutgoingRequest>, ReceiverError> {
+pub fn build_requests(
+    receiver: &Receiver,
+    notifications: &[Notification],
+    ctx: &BuildContext<'_>,
+) -> Result<Vec<OutgoingRequest>, ReceiverError> {
     let first = notifications.first().ok_or(ReceiverError::Empty)?;
     Ok(match &receiver.kind {
         ReceiverKind::Webhook { url, secret } => {
@@ -166,31 +193,65 @@ pub fn build_requests(receiver: &Receiver, notifications: &[Notification], ctx: 
             if let Some(secret) = secret {
                 let secret = WebhookSecret::new(secret)?;
                 let h = signature_headers(&secret, &first.id, ctx.now.timestamp(), &req.body);
-                req.headers.extend(h.to_pairs().iter().map(|(k, v)| (k.to_string(), v.to_string())));
+                req.headers.extend(
+                    h.to_pairs()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string())),
+                );
             }
             vec![req]
         }
         ReceiverKind::PagerDuty { url, routing_key } => {
             let title = render(receiver, first, ctx)?.title;
-            vec![post(receiver, url.clone(), &pagerduty_event(first, routing_key, &title), vec![])]
+            vec![post(
+                receiver,
+                url.clone(),
+                &pagerduty_event(first, routing_key, &title),
+                vec![],
+            )]
         }
         ReceiverKind::Alertmanager { urls } => {
-            let validity = chrono::Duration::from_std(alertmanager_validity(ctx.eval_interval)).unwrap_or_else(|_| chrono::Duration::minutes(4));
+            let validity = chrono::Duration::from_std(alertmanager_validity(ctx.eval_interval))
+                .unwrap_or_else(|_| chrono::Duration::minutes(4));
             let generator = first.incident.as_ref().and_then(|i| i.url.as_deref());
             let body = alertmanager_alerts(first, generator, validity, ctx.now);
-            urls.iter().map(|u| post(receiver, format!("{}/api/v2/alerts", u.trim_end_matches('/')), &body, vec![])).collect()
+            urls.iter()
+                .map(|u| {
+                    post(
+                        receiver,
+                        format!("{}/api/v2/alerts", u.trim_end_matches('/')),
+                        &body,
+                        vec![],
+                    )
+                })
+                .collect()
         }
         ReceiverKind::Slack { url } | ReceiverKind::Teams { url } => {
-            let mut items = notifications.iter().map(|n| Ok((n.clone(), render(receiver, n, ctx)?))).collect::<Result<Vec<_>, ReceiverError>>()?;
+            let mut items = notifications
+                .iter()
+                .map(|n| Ok((n.clone(), render(receiver, n, ctx)?)))
+                .collect::<Result<Vec<_>, ReceiverError>>()?;
             let text = group_text(&mut items);
             let lead = &items[0].0;
-            let body = if matches!(receiver.kind, ReceiverKind::Slack { .. }) { slack_message(lead, &text) } else { teams_message(lead, &text) };
+            let body = if matches!(receiver.kind, ReceiverKind::Slack { .. }) {
+                slack_message(lead, &text)
+            } else {
+                teams_message(lead, &text)
+            };
             vec![post(receiver, url.clone(), &body, vec![])]
         }
         ReceiverKind::Log => {
-            let mut items = notifications.iter().map(|n| Ok((n.clone(), render(receiver, n, ctx)?))).collect::<Result<Vec<_>, ReceiverError>>()?;
+            let mut items = notifications
+                .iter()
+                .map(|n| Ok((n.clone(), render(receiver, n, ctx)?)))
+                .collect::<Result<Vec<_>, ReceiverError>>()?;
             let text = group_text(&mut items);
-            let mut req = post(receiver, "log:".into(), &json!({"title": text.title, "text": text.text}), vec![]);
+            let mut req = post(
+                receiver,
+                "log:".into(),
+                &json!({"title": text.title, "text": text.text}),
+                vec![],
+            );
             req.headers.truncate(1);
             vec![req]
         }
@@ -218,14 +279,27 @@ pub fn classify(result: &Result<Response, TransportError>) -> Outcome {
     match result {
         Ok(r) if (200..300).contains(&r.status) => Outcome::Delivered,
         Ok(r) => {
-            let msg = if r.body_snippet.is_empty() { format!("HTTP {}", r.status) } else { format!("HTTP {}: {}", r.status, r.body_snippet) };
+            let msg = if r.body_snippet.is_empty() {
+                format!("HTTP {}", r.status)
+            } else {
+                format!("HTTP {}: {}", r.status, r.body_snippet)
+            };
             match r.status {
-                408 | 409 | 425 | 429 => Outcome::Retry { error: msg, retry_after: r.retry_after },
-                s if s >= 500 => Outcome::Retry { error: msg, retry_after: r.retry_after },
+                408 | 409 | 425 | 429 => Outcome::Retry {
+                    error: msg,
+                    retry_after: r.retry_after,
+                },
+                s if s >= 500 => Outcome::Retry {
+                    error: msg,
+                    retry_after: r.retry_after,
+                },
                 _ => Outcome::Permanent(format!("{msg} (permanent, not retried)")),
             }
         }
-        Err(e) if e.is_retryable() => Outcome::Retry { error: e.to_string(), retry_after: None },
+        Err(e) if e.is_retryable() => Outcome::Retry {
+            error: e.to_string(),
+            retry_after: None,
+        },
         Err(e) => Outcome::Permanent(e.to_string()),
     }
 }
@@ -239,7 +313,9 @@ pub fn combine_any(outcomes: &[Outcome]) -> (Outcome, Vec<String>) {
         .enumerate()
         .filter_map(|(i, o)| match o {
             Outcome::Delivered => None,
-            Outcome::Permanent(e) | Outcome::Retry { error: e, .. } => Some(format!("peer {}: {e}", i + 1)),
+            Outcome::Permanent(e) | Outcome::Retry { error: e, .. } => {
+                Some(format!("peer {}: {e}", i + 1))
+            }
         })
         .collect();
     if outcomes.contains(&Outcome::Delivered) {
@@ -256,7 +332,13 @@ pub fn combine_any(outcomes: &[Outcome]) -> (Outcome, Vec<String>) {
     if retry_after.is_empty() {
         (Outcome::Permanent(joined), errors)
     } else {
-        (Outcome::Retry { error: joined, retry_after: retry_after.into_iter().flatten().min() }, errors)
+        (
+            Outcome::Retry {
+                error: joined,
+                retry_after: retry_after.into_iter().flatten().min(),
+            },
+            errors,
+        )
     }
 }
 
@@ -265,7 +347,11 @@ mod tests {
     use super::*;
 
     fn resp(status: u16) -> Result<Response, TransportError> {
-        Ok(Response { status, retry_after: None, body_snippet: String::new() })
+        Ok(Response {
+            status,
+            retry_after: None,
+            body_snippet: String::new(),
+        })
     }
 
     #[test]
@@ -278,19 +364,37 @@ mod tests {
         for s in [429, 500, 502, 503, 504, 408] {
             assert!(matches!(classify(&resp(s)), Outcome::Retry { .. }), "{s}");
         }
-        assert!(matches!(classify(&Err(TransportError::Timeout)), Outcome::Retry { .. }));
-        assert!(matches!(classify(&Err(TransportError::Connect("refused".into()))), Outcome::Retry { .. }));
-        assert!(matches!(classify(&Err(TransportError::Invalid("bad url".into()))), Outcome::Permanent(_)));
+        assert!(matches!(
+            classify(&Err(TransportError::Timeout)),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(&Err(TransportError::Connect("refused".into()))),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(&Err(TransportError::Invalid("bad url".into()))),
+            Outcome::Permanent(_)
+        ));
     }
 
     #[test]
     fn one_peer_is_enough() {
-        let retry = Outcome::Retry { error: "HTTP 503".into(), retry_after: None };
+        let retry = Outcome::Retry {
+            error: "HTTP 503".into(),
+            retry_after: None,
+        };
         let (o, errs) = combine_any(&[retry.clone(), Outcome::Delivered]);
         assert_eq!(o, Outcome::Delivered);
         assert_eq!(errs, vec!["peer 1: HTTP 503".to_string()]);
-        assert!(matches!(combine_any(&[retry.clone(), Outcome::Permanent("HTTP 400".into())]).0, Outcome::Retry { .. }));
-        assert!(matches!(combine_any(&[Outcome::Permanent("x".into())]).0, Outcome::Permanent(_)));
+        assert!(matches!(
+            combine_any(&[retry.clone(), Outcome::Permanent("HTTP 400".into())]).0,
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            combine_any(&[Outcome::Permanent("x".into())]).0,
+            Outcome::Permanent(_)
+        ));
     }
 
     fn log_receiver(title: Option<&str>) -> Receiver {
@@ -311,23 +415,40 @@ mod tests {
     #[test]
     fn overrides_are_used_and_dry_runs_are_always_marked() {
         let n = crate::notify::message::tests::sample_firing();
-        let ctx = BuildContext { now: Utc::now(), eval_interval: Duration::from_secs(30), scrubber: None, dry_run: true };
+        let ctx = BuildContext {
+            now: Utc::now(),
+            eval_interval: Duration::from_secs(30),
+            scrubber: None,
+            dry_run: true,
+        };
         let ns = parse_payloads([serde_json::to_string(&n).unwrap().as_str()], true).unwrap();
         let req = &build_requests(&log_receiver(Some("LOG {{ rule }}")), &ns, &ctx).unwrap()[0];
         let body = req.json().unwrap();
         assert_eq!(body["title"], format!("[DRY RUN] LOG {}", n.rule));
-        assert_eq!(body["text"], format!("[DRY RUN] custom body for {}", n.rule));
+        assert_eq!(
+            body["text"],
+            format!("[DRY RUN] custom body for {}", n.rule)
+        );
         // Without overrides the default templates add the prefix themselves (once).
         let mut r = log_receiver(None);
         r.text_template = None;
         let body = build_requests(&r, &ns, &ctx).unwrap()[0].json().unwrap();
         let title = body["title"].as_str().unwrap();
-        assert!(title.starts_with("[DRY RUN] ") && !title.starts_with("[DRY RUN] [DRY RUN]"), "{title}");
+        assert!(
+            title.starts_with("[DRY RUN] ") && !title.starts_with("[DRY RUN] [DRY RUN]"),
+            "{title}"
+        );
     }
 
     #[test]
     fn alertmanager_validity_is_four_resends() {
-        assert_eq!(alertmanager_validity(Duration::from_secs(30)), Duration::from_secs(240));
-        assert_eq!(alertmanager_validity(Duration::from_secs(120)), Duration::from_secs(480));
+        assert_eq!(
+            alertmanager_validity(Duration::from_secs(30)),
+            Duration::from_secs(240)
+        );
+        assert_eq!(
+            alertmanager_validity(Duration::from_secs(120)),
+            Duration::from_secs(480)
+        );
     }
 }

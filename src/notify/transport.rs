@@ -125,8 +125,10 @@ fn snippet(bytes: &[u8]) -> String {
 impl Transport for HttpTransport {
     fn send(&self, req: OutgoingRequest) -> BoxFuture<'_, Result<Response, TransportError>> {
         Box::pin(async move {
-            let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| TransportError::Invalid(e.to_string()))?;
-            let url = reqwest::Url::parse(&req.url).map_err(|e| TransportError::Invalid(format!("invalid URL: {e}")))?;
+            let method = reqwest::Method::from_bytes(req.method.as_bytes())
+                .map_err(|e| TransportError::Invalid(e.to_string()))?;
+            let url = reqwest::Url::parse(&req.url)
+                .map_err(|e| TransportError::Invalid(format!("invalid URL: {e}")))?;
             let mut b = self.client.request(method, url).timeout(req.timeout);
             for (k, v) in &req.headers {
                 b = b.header(k.as_str(), v.as_str());
@@ -140,7 +142,11 @@ impl Transport for HttpTransport {
                 .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
             // The body is only for error messages: a failure to read it is not a failure to deliver.
             let body = resp.bytes().await.map(|b| snippet(&b)).unwrap_or_default();
-            Ok(Response { status, retry_after, body_snippet: body })
+            Ok(Response {
+                status,
+                retry_after,
+                body_snippet: body,
+            })
         })
     }
 }
@@ -176,7 +182,11 @@ impl Transport for LogTransport {
             let title = v.get("title").and_then(|t| t.as_str()).unwrap_or_default();
             let text = v.get("text").and_then(|t| t.as_str()).unwrap_or_default();
             tracing::info!(receiver = %req.receiver, title = %title, text = %text, "notification");
-            Ok(Response { status: 200, retry_after: None, body_snippet: String::new() })
+            Ok(Response {
+                status: 200,
+                retry_after: None,
+                body_snippet: String::new(),
+            })
         })
     }
 }
@@ -214,7 +224,11 @@ impl Transport for Recorder {
                 r.remove(0);
             }
             r.push(req);
-            Ok(Response { status: 200, retry_after: None, body_snippet: String::new() })
+            Ok(Response {
+                status: 200,
+                retry_after: None,
+                body_snippet: String::new(),
+            })
         })
     }
 }
@@ -226,10 +240,21 @@ mod tests {
 
     #[test]
     fn retry_after_seconds_and_http_date() {
-        let now = chrono::Utc.with_ymd_and_hms(2015, 10, 21, 7, 28, 0).unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
+        let now = chrono::Utc
+            .with_ymd_and_hms(2015, 10, 21, 7, 28, 0)
+            .unwrap();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 

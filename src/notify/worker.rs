@@ -37,7 +37,9 @@ use crate::config::daemon::{Receiver, ReceiverKind};
 use crate::daemon::{now_ms, Shared};
 use crate::engine::Ts;
 use crate::notify::plan::held_by_min_interval;
-use crate::notify::receiver::{build_requests, classify, combine_any, is_chat, BuildContext, Outcome};
+use crate::notify::receiver::{
+    build_requests, classify, combine_any, is_chat, BuildContext, Outcome,
+};
 use crate::notify::transport::{HttpTransport, LogTransport, Recorder, Transport, TransportError};
 use crate::notify::Notification;
 use crate::store::{Commit, OutboxEntry, OutboxState};
@@ -76,7 +78,10 @@ impl DeliveryTuning {
     /// The backoff before try number `attempts + 1`, full jitter: uniform in
     /// `[0, min(cap, base × 2^(attempts-1))]`.
     pub fn backoff(&self, attempts: u32) -> Duration {
-        let exp = self.backoff_base.as_millis().saturating_mul(1u128 << attempts.saturating_sub(1).min(40));
+        let exp = self
+            .backoff_base
+            .as_millis()
+            .saturating_mul(1u128 << attempts.saturating_sub(1).min(40));
         let ceiling = exp.min(self.backoff_cap.as_millis()) as u64;
         Duration::from_millis(rand::random_range(0..=ceiling))
     }
@@ -114,11 +119,21 @@ pub async fn run(shared: Arc<Shared>) {
 impl Worker {
     /// A worker with the real HTTP transport and a fresh dry-run recorder.
     pub fn new(shared: Arc<Shared>, tuning: DeliveryTuning) -> Result<Worker, TransportError> {
-        Ok(Worker::with_transports(shared, tuning, Arc::new(HttpTransport::new()?), Arc::new(Recorder::new())))
+        Ok(Worker::with_transports(
+            shared,
+            tuning,
+            Arc::new(HttpTransport::new()?),
+            Arc::new(Recorder::new()),
+        ))
     }
 
     /// A worker with the given HTTP transport and dry-run recorder.
-    pub fn with_transports(shared: Arc<Shared>, tuning: DeliveryTuning, http: Arc<dyn Transport>, recorder: Arc<Recorder>) -> Worker {
+    pub fn with_transports(
+        shared: Arc<Shared>,
+        tuning: DeliveryTuning,
+        http: Arc<dyn Transport>,
+        recorder: Arc<Recorder>,
+    ) -> Worker {
         Worker {
             shared,
             tuning,
@@ -152,7 +167,9 @@ impl Worker {
             }
             let sleep = match self.dispatch_due(&mut tasks).await {
                 Ok(next) => {
-                    let until_due = next.map_or(self.tuning.max_idle, |t| Duration::from_millis((t - now_ms()).max(0) as u64));
+                    let until_due = next.map_or(self.tuning.max_idle, |t| {
+                        Duration::from_millis((t - now_ms()).max(0) as u64)
+                    });
                     until_due.min(self.tuning.max_idle)
                 }
                 Err(e) => {
@@ -160,7 +177,8 @@ impl Worker {
                     Duration::from_secs(1)
                 }
             };
-            let sleep = sleep.min(next_repeat.saturating_duration_since(tokio::time::Instant::now()));
+            let sleep =
+                sleep.min(next_repeat.saturating_duration_since(tokio::time::Instant::now()));
             while tasks.try_join_next().is_some() {}
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => break,
@@ -169,7 +187,10 @@ impl Worker {
             }
         }
         let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("abandoning in-flight deliveries at shutdown; they stay pending");
         }
     }
@@ -183,10 +204,22 @@ impl Worker {
             let planner = shared.planner.read().expect("planner lock").clone();
             let mut core = shared.core.lock().expect("core lock");
             let core = &mut *core;
-            let entries = planner.plan_repeats(&config, &core.state, &core.store, now_ms(), shared.options.dry_run)?;
+            let entries = planner.plan_repeats(
+                &config,
+                &core.state,
+                &core.store,
+                now_ms(),
+                shared.options.dry_run,
+            )?;
             let n = entries.len();
             if n > 0 {
-                core.store.commit(&core.state, &Commit { outbox: entries, ..Default::default() })?;
+                core.store.commit(
+                    &core.state,
+                    &Commit {
+                        outbox: entries,
+                        ..Default::default()
+                    },
+                )?;
                 tracing::info!(count = n, "repeating notifications for still-firing rules");
             }
             Ok::<_, crate::store::StoreError>(n)
@@ -201,9 +234,14 @@ impl Worker {
 
     /// Leases the due entries and spawns their deliveries into `tasks`. Returns the next
     /// time an entry is due.
-    async fn dispatch_due(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<Option<Ts>, crate::store::StoreError> {
+    async fn dispatch_due(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Option<Ts>, crate::store::StoreError> {
         let this = self.clone();
-        let (jobs, next) = tokio::task::spawn_blocking(move || this.take_due()).await.expect("outbox read panicked")?;
+        let (jobs, next) = tokio::task::spawn_blocking(move || this.take_due())
+            .await
+            .expect("outbox read panicked")?;
         for job in jobs {
             let this = self.clone();
             tasks.spawn(async move { this.deliver(job).await });
@@ -227,14 +265,24 @@ impl Worker {
         for e in due {
             if inflight.contains(&e.id) {
                 // Still waiting for a permit: extend its lease.
-                leases.push((e.id.clone(), now + self.tuning.lease_margin.as_millis() as Ts));
+                leases.push((
+                    e.id.clone(),
+                    now + self.tuning.lease_margin.as_millis() as Ts,
+                ));
                 continue;
             }
             let Some(receiver) = config.receivers.iter().find(|r| r.name == e.receiver) else {
                 let msg = format!("receiver {:?} is no longer configured", e.receiver);
                 tracing::error!(receiver = %e.receiver, id = %e.id, error = %msg, "notification failed");
                 metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "failed").increment(1);
-                store.mark(&e.id, OutboxState::Failed, e.attempts, e.not_before, Some(&msg), None)?;
+                store.mark(
+                    &e.id,
+                    OutboxState::Failed,
+                    e.attempts,
+                    e.not_before,
+                    Some(&msg),
+                    None,
+                )?;
                 continue;
             };
             let n = match crate::notify::receiver::parse_payloads([e.payload.as_str()], dry_run) {
@@ -243,7 +291,14 @@ impl Worker {
                     let msg = err.to_string();
                     tracing::error!(receiver = %e.receiver, id = %e.id, error = %msg, "notification failed");
                     metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "failed").increment(1);
-                    store.mark(&e.id, OutboxState::Failed, e.attempts, e.not_before, Some(&msg), None)?;
+                    store.mark(
+                        &e.id,
+                        OutboxState::Failed,
+                        e.attempts,
+                        e.not_before,
+                        Some(&msg),
+                        None,
+                    )?;
                     continue;
                 }
             };
@@ -251,12 +306,20 @@ impl Worker {
             if held_by_min_interval(&n, last.as_ref(), now, config.notification.min_interval) {
                 tracing::info!(receiver = %e.receiver, id = %e.id, "suppressed by min_interval");
                 metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "suppressed").increment(1);
-                store.mark(&e.id, OutboxState::Suppressed, e.attempts, e.not_before, Some("min_interval"), None)?;
+                store.mark(
+                    &e.id,
+                    OutboxState::Suppressed,
+                    e.attempts,
+                    e.not_before,
+                    Some("min_interval"),
+                    None,
+                )?;
                 continue;
             }
             let lease = now + (receiver.timeout + self.tuning.lease_margin).as_millis() as Ts;
             leases.push((e.id.clone(), lease));
-            let prompt = n.status == crate::notify::Status::Firing && !crate::notify::plan::is_page_str(&n.action);
+            let prompt = n.status == crate::notify::Status::Firing
+                && !crate::notify::plan::is_page_str(&n.action);
             if prompt && is_chat(&receiver.kind) {
                 let key = (e.receiver.clone(), e.subject.clone());
                 if let Some(&i) = chat_groups.get(&key) {
@@ -270,14 +333,24 @@ impl Worker {
                 .groups
                 .iter()
                 .find(|g| g.rules.iter().any(|r| r.name == e.rule))
-                .map_or(config.global.evaluation_interval, |g| g.interval_or(config.global.evaluation_interval));
-            jobs.push(Job { receiver: receiver.clone(), eval_interval, entries: vec![(e, n)] });
+                .map_or(config.global.evaluation_interval, |g| {
+                    g.interval_or(config.global.evaluation_interval)
+                });
+            jobs.push(Job {
+                receiver: receiver.clone(),
+                eval_interval,
+                entries: vec![(e, n)],
+            });
         }
         // Lease in one transaction (grouped by lease time is unnecessary: one UPDATE each).
-        for (until, ids) in leases.iter().fold(HashMap::<Ts, Vec<String>>::new(), |mut m, (id, t)| {
-            m.entry(*t).or_default().push(id.clone());
-            m
-        }) {
+        for (until, ids) in
+            leases
+                .iter()
+                .fold(HashMap::<Ts, Vec<String>>::new(), |mut m, (id, t)| {
+                    m.entry(*t).or_default().push(id.clone());
+                    m
+                })
+        {
             store.claim(&ids, until)?;
         }
         {
@@ -295,9 +368,17 @@ impl Worker {
 
     fn semaphore(&self, r: &Receiver) -> Arc<Semaphore> {
         let mut m = self.semaphores.lock().expect("semaphores lock");
-        let slot = m.entry(r.name.clone()).or_insert_with(|| (r.concurrency, Arc::new(Semaphore::new(r.concurrency.max(1) as usize))));
+        let slot = m.entry(r.name.clone()).or_insert_with(|| {
+            (
+                r.concurrency,
+                Arc::new(Semaphore::new(r.concurrency.max(1) as usize)),
+            )
+        });
         if slot.0 != r.concurrency {
-            *slot = (r.concurrency, Arc::new(Semaphore::new(r.concurrency.max(1) as usize)));
+            *slot = (
+                r.concurrency,
+                Arc::new(Semaphore::new(r.concurrency.max(1) as usize)),
+            );
         }
         slot.1.clone()
     }
@@ -317,20 +398,36 @@ impl Worker {
         let permit = sem.acquire_owned().await;
         let now = chrono::Utc::now();
         let planner = self.shared.planner.read().expect("planner lock").clone();
-        let ctx = BuildContext { now, eval_interval: job.eval_interval, scrubber: Some(planner.scrubber()), dry_run: self.shared.options.dry_run };
+        let ctx = BuildContext {
+            now,
+            eval_interval: job.eval_interval,
+            scrubber: Some(planner.scrubber()),
+            dry_run: self.shared.options.dry_run,
+        };
         let notifications: Vec<Notification> = job.entries.iter().map(|(_, n)| n.clone()).collect();
         let (transport, recorded) = self.transport(&job.receiver);
         let mut statuses: Vec<Option<u16>> = Vec::new();
         let (outcome, peer_errors) = match build_requests(&job.receiver, &notifications, &ctx) {
             Err(e) => (Outcome::Permanent(e.to_string()), Vec::new()),
             Ok(reqs) => {
-                let results = futures_util::future::join_all(reqs.into_iter().map(|r| transport.send(r))).await;
-                statuses = results.iter().map(|r| r.as_ref().ok().map(|r| r.status)).collect();
+                let results =
+                    futures_util::future::join_all(reqs.into_iter().map(|r| transport.send(r)))
+                        .await;
+                statuses = results
+                    .iter()
+                    .map(|r| r.as_ref().ok().map(|r| r.status))
+                    .collect();
                 let outcomes: Vec<Outcome> = results.iter().map(classify).collect();
                 if matches!(job.receiver.kind, ReceiverKind::Alertmanager { .. }) {
                     combine_any(&outcomes)
                 } else {
-                    (outcomes.into_iter().next().unwrap_or(Outcome::Permanent("no request".into())), Vec::new())
+                    (
+                        outcomes
+                            .into_iter()
+                            .next()
+                            .unwrap_or(Outcome::Permanent("no request".into())),
+                        Vec::new(),
+                    )
                 }
             }
         };
@@ -340,7 +437,14 @@ impl Worker {
         let res = tokio::task::spawn_blocking(move || {
             let mut core = shared.core.lock().expect("core lock");
             for m in &marks {
-                core.store.mark(&m.id, m.state, m.attempts, m.not_before, m.error.as_deref(), m.delivered_at)?;
+                core.store.mark(
+                    &m.id,
+                    m.state,
+                    m.attempts,
+                    m.not_before,
+                    m.error.as_deref(),
+                    m.delivered_at,
+                )?;
             }
             core.store.pending_count()
         })
@@ -348,7 +452,9 @@ impl Worker {
         .expect("mark panicked");
         match res {
             Ok(p) => metrics::gauge!("herald_outbox_pending").set(p as f64),
-            Err(e) => tracing::error!(receiver = %job.receiver.name, error = %e, "cannot record a delivery outcome; the entry will be delivered again"),
+            Err(e) => {
+                tracing::error!(receiver = %job.receiver.name, error = %e, "cannot record a delivery outcome; the entry will be delivered again")
+            }
         }
         {
             let mut inf = self.inflight.lock().expect("inflight lock");
@@ -359,14 +465,28 @@ impl Worker {
         self.shared.outbox_wake.notify_one();
     }
 
-    fn outcome_marks(&self, job: &Job, outcome: &Outcome, peer_errors: &[String], statuses: &[Option<u16>], recorded: bool) -> Vec<Mark> {
+    fn outcome_marks(
+        &self,
+        job: &Job,
+        outcome: &Outcome,
+        peer_errors: &[String],
+        statuses: &[Option<u16>],
+        recorded: bool,
+    ) -> Vec<Mark> {
         let now = now_ms();
         let name = job.receiver.name.clone();
-        let status_text = statuses.iter().map(|s| s.map_or_else(|| "-".to_string(), |s| s.to_string())).collect::<Vec<_>>().join(",");
+        let status_text = statuses
+            .iter()
+            .map(|s| s.map_or_else(|| "-".to_string(), |s| s.to_string()))
+            .collect::<Vec<_>>()
+            .join(",");
         // One delay for the whole job, so a group retries (and goes out) together.
         let first_attempts = job.entries.first().map_or(1, |(e, _)| e.attempts + 1);
         let delay = match outcome {
-            Outcome::Retry { retry_after, .. } => self.tuning.backoff(first_attempts).max(retry_after.unwrap_or_default()),
+            Outcome::Retry { retry_after, .. } => self
+                .tuning
+                .backoff(first_attempts)
+                .max(retry_after.unwrap_or_default()),
             _ => Duration::ZERO,
         };
         job.entries
@@ -426,7 +546,11 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_by_the_exponential_and_the_cap() {
-        let t = DeliveryTuning { backoff_base: Duration::from_millis(100), backoff_cap: Duration::from_millis(1000), ..Default::default() };
+        let t = DeliveryTuning {
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(1000),
+            ..Default::default()
+        };
         for _ in 0..200 {
             assert!(t.backoff(1) <= Duration::from_millis(100));
             assert!(t.backoff(3) <= Duration::from_millis(400));
