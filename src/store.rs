@@ -305,6 +305,48 @@ impl Store {
         Ok(())
     }
 
+    /// Leases entries to the delivery worker: pushes their `not_before` to `until` in one
+    /// transaction, so they are not picked up twice while in flight. A crash leaves them pending,
+    /// and they become due again when the lease runs out (at-least-once delivery).
+    pub fn claim(&mut self, ids: &[String], until: Ts) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut up = tx.prepare_cached("UPDATE outbox SET not_before = ?2 WHERE id = ?1 AND state = 'pending'")?;
+            for id in ids {
+                up.execute(params![id, until])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The most recent entry (not failed) of a rule instance for a receiver — for
+    /// `repeat_interval`.
+    pub fn last_for_instance(&self, rule: &str, subject: &str, receiver: &str) -> Result<Option<OutboxEntry>, StoreError> {
+        Ok(self
+            .select_outbox(
+                "WHERE rule = ?1 AND subject = ?2 AND receiver = ?3 AND state != 'failed' ORDER BY created_at DESC LIMIT 1",
+                params![rule, subject, receiver],
+            )?
+            .pop())
+    }
+
+    /// The entry most recently delivered (sent or recorded by a dry run) to a receiver for a
+    /// subject — for `min_interval`.
+    pub fn last_delivered_for_subject(&self, subject: &str, receiver: &str) -> Result<Option<OutboxEntry>, StoreError> {
+        Ok(self
+            .select_outbox(
+                "WHERE subject = ?1 AND receiver = ?2 AND state IN ('sent', 'dry_run') ORDER BY delivered_at DESC LIMIT 1",
+                params![subject, receiver],
+            )?
+            .pop())
+    }
+
+    /// Pending entries of a subject for a receiver, oldest first — for `group_wait`.
+    pub fn pending_for(&self, subject: &str, receiver: &str) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.select_outbox("WHERE subject = ?1 AND receiver = ?2 AND state = 'pending' ORDER BY created_at", params![subject, receiver])
+    }
+
     fn select_outbox(&self, tail: &str, p: impl rusqlite::Params) -> Result<Vec<OutboxEntry>, StoreError> {
         let sql = format!(
             "SELECT id, dedup_key, receiver, rule, subject, status, payload, created_at, not_before, deadline, attempts, state, last_error, delivered_at FROM outbox {tail}"

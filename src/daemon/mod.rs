@@ -73,6 +73,26 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Builds the shared state from a configuration and an opened store (loads the engine state
+    /// from it). Used by tests and tools that drive tasks such as the delivery worker
+    /// in-process.
+    pub fn new(config: Config, store: Store, options: RunOptions) -> Result<Shared, DaemonError> {
+        let state = store.load_state()?;
+        let planner = Planner::new(&config)?;
+        Ok(Shared {
+            planner: RwLock::new(Arc::new(planner)),
+            config: RwLock::new(Arc::new(config)),
+            core: Mutex::new(Core { state, store }),
+            engine: Engine::new(),
+            options,
+            outbox_wake: tokio::sync::Notify::new(),
+            ready: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+        })
+    }
+}
+
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

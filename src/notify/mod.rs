@@ -13,7 +13,9 @@
 //!
 //! It must not decide *whether* to notify (that is the engine's job) and nothing here does I/O:
 //! no network, no files, no clock (callers pass `now` where a format needs it), no metrics.
-//! Delivery, retries and the outbox belong to the dispatcher.
+//! Delivery, retries and the outbox belong to the dispatcher: [`plan`] (decisions → outbox
+//! entries, noise control), [`receiver`] (entries → requests, answers → outcomes),
+//! [`transport`] (HTTP, log, dry-run recorder) and [`worker`] (the delivery loop).
 //!
 //! Expected pipeline per notification: `Scrubber::scrub_notification` → `Templates::render` →
 //! `Scrubber::scrub_rendered` → a format function (or `generic_webhook_body` + `signing`).
@@ -21,9 +23,11 @@
 pub mod format;
 pub mod message;
 pub mod plan;
+pub mod receiver;
 pub mod scrub;
 pub mod signing;
 pub mod template;
+pub mod transport;
 pub mod worker;
 
 pub use format::{alertmanager_alerts, pagerduty_event, slack_message, teams_message};

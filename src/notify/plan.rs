@@ -12,6 +12,32 @@
 //! - **Maintenance windows**: entries are recorded as `suppressed`, never sent.
 //! - **send_resolved**: per receiver, defaulting to `notification.send_resolved`.
 //! - Every payload is scrubbed before it is stored.
+//!
+//! # Noise control
+//!
+//! - **Grouping** (`group_wait`): a prompt for a chat receiver (slack, teams, log) joins the
+//!   group of prompts already waiting for the same subject and receiver: it takes the earliest
+//!   waiting entry's `not_before`, so the whole group becomes due together (the first prompt
+//!   starts the timer, as in Alertmanager). The worker sends a due group as ONE message (the
+//!   most severe first, each decision's impact line then its body) and marks every entry of the
+//!   group together. Webhook, PagerDuty and Alertmanager keep one request per notification:
+//!   their payloads are per decision.
+//! - **`min_interval`** (per incident and receiver, applied by the worker at delivery time, see
+//!   [`held_by_min_interval`]): a firing prompt (`suggest_update`, `notify`, `internal_only`)
+//!   for an incident whose receiver got a message (sent or dry-run) less than `min_interval`
+//!   ago is recorded `suppressed`. Pages (`activate_comms_lead`, `escalate`, `engage_legal`)
+//!   and resolved messages are never held back by it. Without an incident, the subject plays
+//!   the incident's part.
+//! - **`repeat_interval`** ([`Planner::plan_repeats`], run periodically by the worker): a rule
+//!   instance that is still firing and whose last entry for a receiver is a firing message
+//!   older than `repeat_interval` gets a new entry with the SAME dedup key and a new id (the
+//!   stored payload, re-stamped). Alertmanager receivers are re-sent every
+//!   max(group interval, 1m) instead (their alerts carry `endsAt` = 4 × that), capped by
+//!   `repeat_interval`. Repeats are enqueued through [`Store::commit`] like any entry.
+//! - **Reloads**: ids and dedup keys live in the store, not in the configuration, so a reload
+//!   never re-sends what was already sent; repeats are timed from the store's last entry.
+//! - **Metrics**: entries planned as `suppressed` (maintenance) count in
+//!   `herald_notifications_total{outcome="suppressed"}` when planned.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +45,7 @@ use chrono::{TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Action, Config};
-use crate::engine::{Decision, DecisionStatus, Ts};
+use crate::engine::{Decision, DecisionStatus, Phase, State, Subject, Ts};
 use crate::notify::{IncidentRef, Notification, ScrubConfig, ScrubError, Scrubber, Status};
 use crate::store::{OutboxEntry, OutboxState, Store};
 
@@ -43,10 +69,14 @@ impl Planner {
         Ok(Planner { scrubber })
     }
 
+    /// The content filter (the worker scrubs rendered text with it).
+    pub fn scrubber(&self) -> &Scrubber {
+        &self.scrubber
+    }
+
     /// Turns decisions into outbox entries.
     pub fn plan(&self, decisions: &[Decision], config: &Config, store: &Store, now: Ts, dry_run: bool) -> Vec<OutboxEntry> {
-        let _ = store;
-        let mut out = Vec::new();
+        let mut out: Vec<OutboxEntry> = Vec::new();
         let now_dt = Utc.timestamp_millis_opt(now).single().unwrap_or_else(Utc::now);
         for d in decisions {
             let dedup_key = dedup_key(d);
@@ -62,7 +92,31 @@ impl Planner {
                 let mut n = notification(d, new_id(), dedup_key.clone(), &config.global.external_url, dry_run);
                 self.scrubber.scrub_notification(&mut n);
                 let payload = serde_json::to_string(&n).expect("notifications serialize");
-                let wait = if is_page(d.action) || d.status == DecisionStatus::Resolved { 0 } else { config.notification.group_wait.as_millis() as Ts };
+                let prompt = !is_page(d.action) && d.status == DecisionStatus::Firing;
+                let wait = if prompt { config.notification.group_wait.as_millis() as Ts } else { 0 };
+                let mut not_before = now + wait;
+                if prompt && crate::notify::receiver::is_chat(&receiver.kind) {
+                    // Join the group already waiting for this subject and receiver.
+                    let subject = d.subject.key();
+                    let waiting = out
+                        .iter()
+                        .filter(|e| e.receiver == *name && e.subject == subject && e.state == OutboxState::Pending)
+                        .map(|e| e.not_before)
+                        .chain(match store.pending_for(subject, name) {
+                            Ok(v) => v.into_iter().filter(|e| e.attempts == 0 && e.not_before > now && is_prompt_payload(&e.payload)).map(|e| e.not_before).collect(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read pending entries for grouping");
+                                Vec::new()
+                            }
+                        })
+                        .min();
+                    if let Some(w) = waiting {
+                        not_before = not_before.min(w);
+                    }
+                }
+                if suppressed {
+                    metrics::counter!("herald_notifications_total", "receiver" => name.clone(), "outcome" => "suppressed").increment(1);
+                }
                 let retry = receiver.max_retry_duration.unwrap_or(config.notification.max_retry_duration).as_millis() as Ts;
                 out.push(OutboxEntry {
                     id: n.id.clone(),
@@ -73,7 +127,7 @@ impl Planner {
                     status: n.status.as_str().to_string(),
                     payload,
                     created_at: now,
-                    not_before: now + wait,
+                    not_before,
                     deadline: now + retry,
                     attempts: 0,
                     state: if suppressed { OutboxState::Suppressed } else { OutboxState::Pending },
@@ -84,6 +138,117 @@ impl Planner {
         }
         out
     }
+}
+
+impl Planner {
+    /// Repeats for still-firing rule instances (see the module doc, `repeat_interval`): for
+    /// every firing instance and every receiver of its rule, a new entry (new id, same dedup
+    /// key) when the last entry is a firing message older than the receiver's repeat interval.
+    /// Nothing is repeated while the last entry is still pending. Maintenance windows apply.
+    pub fn plan_repeats(&self, config: &Config, state: &State, store: &Store, now: Ts, dry_run: bool) -> Result<Vec<OutboxEntry>, crate::store::StoreError> {
+        let now_dt = Utc.timestamp_millis_opt(now).single().unwrap_or_else(Utc::now);
+        let mut out = Vec::new();
+        for group in &config.rules.groups {
+            let interval = group.interval_or(config.global.evaluation_interval);
+            for rule in &group.rules {
+                let Some(instances) = state.instances.get(&rule.name) else { continue };
+                for (subject, inst) in instances {
+                    if inst.phase != Phase::Firing {
+                        continue;
+                    }
+                    let fired_at = inst.fired_at.unwrap_or(inst.active_at);
+                    for name in &rule.notify {
+                        let Some(receiver) = config.receivers.iter().find(|r| &r.name == name) else { continue };
+                        let Some(last) = store.last_for_instance(&rule.name, subject.key(), name)? else { continue };
+                        if last.status != "firing" || last.state == OutboxState::Pending || last.created_at < fired_at {
+                            continue;
+                        }
+                        let mut every = config.notification.repeat_interval;
+                        if matches!(receiver.kind, crate::config::daemon::ReceiverKind::Alertmanager { .. }) {
+                            every = every.min(crate::notify::receiver::alertmanager_resend(interval));
+                        }
+                        if now - last.created_at < every.as_millis() as Ts {
+                            continue;
+                        }
+                        if let Some(e) = self.repeat_entry(&last, config, receiver, subject, now, now_dt, dry_run) {
+                            out.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn repeat_entry(
+        &self,
+        last: &OutboxEntry,
+        config: &Config,
+        receiver: &crate::config::daemon::Receiver,
+        subject: &Subject,
+        now: Ts,
+        now_dt: chrono::DateTime<Utc>,
+        dry_run: bool,
+    ) -> Option<OutboxEntry> {
+        let mut n: Notification = match serde_json::from_str(&last.payload) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(id = %last.id, error = %e, "cannot repeat: stored payload is not a notification");
+                return None;
+            }
+        };
+        n.id = new_id();
+        n.dry_run = dry_run;
+        let suppressed = config.maintenance_windows.iter().any(|w| w.active(now_dt, &|l| subject.get(l).map(str::to_string)));
+        if suppressed {
+            metrics::counter!("herald_notifications_total", "receiver" => receiver.name.clone(), "outcome" => "suppressed").increment(1);
+        }
+        let retry = receiver.max_retry_duration.unwrap_or(config.notification.max_retry_duration).as_millis() as Ts;
+        Some(OutboxEntry {
+            id: n.id.clone(),
+            dedup_key: last.dedup_key.clone(),
+            receiver: last.receiver.clone(),
+            rule: last.rule.clone(),
+            subject: last.subject.clone(),
+            status: last.status.clone(),
+            payload: serde_json::to_string(&n).expect("notifications serialize"),
+            created_at: now,
+            not_before: now,
+            deadline: now + retry,
+            attempts: 0,
+            state: if suppressed { OutboxState::Suppressed } else { OutboxState::Pending },
+            last_error: suppressed.then(|| "maintenance window".to_string()),
+            delivered_at: None,
+        })
+    }
+}
+
+/// Whether a stored payload is a firing prompt (not a page, not resolved).
+fn is_prompt_payload(payload: &str) -> bool {
+    serde_json::from_str::<Notification>(payload).is_ok_and(|n| n.status == Status::Firing && !is_page_str(&n.action))
+}
+
+/// Whether an action name pages (see [`is_page`]).
+pub fn is_page_str(action: &str) -> bool {
+    matches!(action, "activate_comms_lead" | "escalate" | "engage_legal")
+}
+
+/// `min_interval` (see the module doc): whether a notification must be recorded `suppressed`
+/// because its receiver got a message for the same incident (or subject, without one) less
+/// than `min_interval` before `now`. `last_delivered` is the receiver's latest delivered entry
+/// for the subject.
+pub fn held_by_min_interval(n: &Notification, last_delivered: Option<&OutboxEntry>, now: Ts, min_interval: std::time::Duration) -> bool {
+    if n.status != Status::Firing || is_page_str(&n.action) || min_interval.is_zero() {
+        return false;
+    }
+    let Some(last) = last_delivered else { return false };
+    let Some(at) = last.delivered_at else { return false };
+    if now - at >= min_interval.as_millis() as Ts {
+        return false;
+    }
+    let last_incident = serde_json::from_str::<Notification>(&last.payload).ok().and_then(|l| l.incident.map(|i| i.id));
+    last_incident == n.incident.as_ref().map(|i| i.id.clone())
 }
 
 fn new_id() -> String {
@@ -131,5 +296,55 @@ pub fn notification(d: &Decision, id: String, dedup_key: String, external_url: &
         starts_at: rfc3339(d.starts_at),
         ends_at: (d.status == DecisionStatus::Resolved).then(|| rfc3339(d.at)),
         dry_run,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::message::tests::sample_firing;
+    use std::time::Duration;
+
+    fn delivered(payload: &Notification, at: Ts) -> OutboxEntry {
+        OutboxEntry {
+            id: "n0".into(),
+            dedup_key: "INC-1/R".into(),
+            receiver: "r".into(),
+            rule: "R".into(),
+            subject: "s".into(),
+            status: "firing".into(),
+            payload: serde_json::to_string(payload).unwrap(),
+            created_at: at,
+            not_before: at,
+            deadline: at + 1,
+            attempts: 1,
+            state: OutboxState::Sent,
+            last_error: None,
+            delivered_at: Some(at),
+        }
+    }
+
+    #[test]
+    fn min_interval_holds_back_prompts_only() {
+        let mut prompt = sample_firing();
+        prompt.action = "suggest_update".into();
+        let last = delivered(&prompt, 1_000);
+        let five_min = Duration::from_secs(300);
+        assert!(held_by_min_interval(&prompt, Some(&last), 61_000, five_min), "a prompt within min_interval");
+        assert!(!held_by_min_interval(&prompt, Some(&last), 1_000 + 300_000, five_min), "after min_interval");
+        assert!(!held_by_min_interval(&prompt, None, 61_000, five_min), "nothing sent yet");
+        let mut page = prompt.clone();
+        page.action = "escalate".into();
+        assert!(!held_by_min_interval(&page, Some(&last), 61_000, five_min), "pages are never held back");
+        let mut resolved = prompt.clone();
+        resolved.status = Status::Resolved;
+        assert!(!held_by_min_interval(&resolved, Some(&last), 61_000, five_min), "resolutions are never held back");
+        let mut other = prompt.clone();
+        if let Some(i) = other.incident.as_mut() {
+            i.id = "INC-other".into();
+        } else {
+            other.incident = Some(IncidentRef { id: "INC-other".into(), status: "investigating".into(), opened_at: Utc::now(), url: None });
+        }
+        assert!(!held_by_min_interval(&other, Some(&last), 61_000, five_min), "another incident is not held back");
     }
 }
