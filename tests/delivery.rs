@@ -236,7 +236,7 @@ fn env(receivers: &str, names: &[&str], notification: &str, dry_run: bool) -> En
     let dir = tmp.path().to_path_buf();
     let config = write_config(&dir, receivers, names, notification);
     let store = Store::open_dir(&config.global.state_dir).unwrap();
-    let shared = Arc::new(Shared::new(config, store, RunOptions { dry_run }).unwrap());
+    let shared = Arc::new(Shared::new(config, store, RunOptions { dry_run, ..Default::default() }).unwrap());
     Env {
         _dir: tmp,
         dir,

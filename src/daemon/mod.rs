@@ -74,11 +74,22 @@ impl Shared {
 }
 
 impl Shared {
-    /// Builds the shared state from a configuration and an opened store (loads the engine state
-    /// from it). Used by tests and tools that drive tasks such as the delivery worker
-    /// in-process.
+    /// Builds the shared state from a configuration and an opened store: loads the engine
+    /// state and treats the time since each group's last evaluation as unknown (downtime
+    /// neither advances `for` nor counts down `keep_firing_for`). `run` uses it; tests use it
+    /// to drive tasks such as the delivery worker in-process.
     pub fn new(config: Config, store: Store, options: RunOptions) -> Result<Shared, DaemonError> {
-        let state = store.load_state()?;
+        let mut state = store.load_state()?;
+        let last = store.group_evals()?;
+        let now = now_ms();
+        for g in &config.rules.groups {
+            if let Some(at) = last.get(&g.name) {
+                let rules: Vec<&str> = g.rules.iter().map(|r| r.name.as_str()).collect();
+                state.hold_timers(&rules, now);
+                tracing::info!(group = %g.name, down_for_s = (now - at) / 1000, "resuming group");
+            }
+        }
+        tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
         let planner = Planner::new(&config)?;
         Ok(Shared {
             planner: RwLock::new(Arc::new(planner)),
@@ -89,6 +100,7 @@ impl Shared {
             outbox_wake: tokio::sync::Notify::new(),
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            reloaded: tokio::sync::watch::Sender::new(0),
         })
     }
 }
@@ -118,31 +130,8 @@ pub async fn run<S: MetricsSource + 'static>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let store = Store::open_dir(&config.global.state_dir)?;
-    let mut state = store.load_state()?;
-    let last = store.group_evals()?;
-    let now = now_ms();
-    // Downtime is unknown time: it neither advances `for` nor counts down `keep_firing_for`.
-    for g in &config.rules.groups {
-        if let Some(at) = last.get(&g.name) {
-            let rules: Vec<&str> = g.rules.iter().map(|r| r.name.as_str()).collect();
-            state.hold_timers(&rules, now);
-            tracing::info!(group = %g.name, down_for_s = (now - at) / 1000, "resuming group");
-        }
-    }
-    tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
-    let token = CancellationToken::new();
-    let planner = Planner::new(&config)?;
-    let shared = Arc::new(Shared {
-        planner: RwLock::new(Arc::new(planner)),
-        config: RwLock::new(Arc::new(config)),
-        core: Mutex::new(Core { state, store }),
-        engine: Engine::new(),
-        options,
-        outbox_wake: tokio::sync::Notify::new(),
-        ready: AtomicBool::new(false),
-        shutdown: token.clone(),
-        reloaded: tokio::sync::watch::Sender::new(0),
-    });
+    let shared = Arc::new(Shared::new(config, store, options)?);
+    let token = shared.shutdown.clone();
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(evaluation_loop(shared.clone(), source.clone()));
