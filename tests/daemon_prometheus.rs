@@ -228,6 +228,10 @@ fn a_page_committed_while_the_receiver_is_down_is_delivered_once_after_kill_9() 
     let mut d = site.start();
     d.eventually("an open incident", Duration::from_secs(10), || !open_incidents(&d).is_empty());
     std::thread::sleep(3 * INTERVAL); // a few failed delivery attempts
+    let api = d.get("/api/v1/notifications?state=pending").json();
+    let retrying = &api["notifications"][0];
+    assert_eq!(retrying["receiver"], "pager");
+    assert!(retrying["attempts"].as_u64().unwrap() >= 1 && retrying["last_error"].is_string(), "{api}");
     d.kill9();
 
     // Exactly one page is waiting in the outbox, with failed attempts behind it.
@@ -246,4 +250,27 @@ fn a_page_committed_while_the_receiver_is_down_is_delivered_once_after_kill_9() 
     std::thread::sleep(3 * INTERVAL);
     assert_eq!(rx.received().len(), 1, "delivered exactly once");
     assert_eq!(all_incidents(&d).len(), 1);
+}
+
+#[test]
+fn a_permanent_failure_stops_retrying_and_is_visible_in_the_api_and_metrics() {
+    let exporter = Exporter::start();
+    healthy(&exporter);
+    exporter.set("test_sli", &[("service", "checkout")], 0.9);
+    exporter.set("test_affected", &[("service", "checkout")], 0.2);
+    let prom = Prometheus::start(&[exporter.addr()], Duration::from_secs(1));
+    prom.wait_for("test_affected", Duration::from_secs(30));
+    // Prometheus itself answers 404 on this path: a wrong webhook URL, a permanent failure.
+    let mut site = Site::new(&prom.url(), &format!("{}/no-such-hook", prom.url()));
+    let d = site.start();
+    d.eventually("a failed notification", Duration::from_secs(15), || {
+        !d.get("/api/v1/notifications?state=failed").json()["notifications"].as_array().unwrap().is_empty()
+    });
+    let failed = d.get("/api/v1/notifications?state=failed").json();
+    let entry = &failed["notifications"][0];
+    assert_eq!(entry["rule"], "ActivateCommsLead");
+    assert_eq!(entry["attempts"], 1, "a permanent answer is not retried: {failed}");
+    assert!(entry["last_error"].as_str().unwrap().contains("404"), "{failed}");
+    assert!(d.metrics().lines().any(|l| l == r#"herald_notifications_total{receiver="pager",outcome="failed"} 1"#), "{}", d.metrics());
+    assert_eq!(d.get("/api/v1/notifications?state=bogus").status, 400);
 }

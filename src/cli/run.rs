@@ -30,7 +30,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    // One async worker is plenty: evaluation is a handful of queries per interval and the
+    // engine step runs on the blocking pool. Fewer threads also means fewer malloc arenas
+    // holding on to freed memory (see README § Performance).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(run_async(config, args.dry_run))
 }
 

@@ -69,6 +69,9 @@ pub struct Signal {
     pub name: String,
     pub slot: usize,
     pub source: SignalSource,
+    /// For queries: re-query at most this often, reusing the last values in between
+    /// (`None`: every evaluation). For slow-moving signals such as a 1h burn rate.
+    pub every: Option<Duration>,
 }
 
 /// Where a signal's values come from.
@@ -302,7 +305,21 @@ fn validate_group(
             slots.push(format!("{name}_baseline"));
             SignalSource::Tickets { source: src.value.clone(), baseline_slot }
         };
-        signals.push(Signal { name: name.clone(), slot, source });
+        let every = match &s.value.every {
+            None => None,
+            Some(e) if !matches!(source, SignalSource::Query(_)) => {
+                diags.push(err_at(path, e, format!("signal {name:?}: `every` only applies to `query` signals")));
+                None
+            }
+            Some(e) => duration_at(path, e, diags).filter(|d| {
+                let ok = !d.is_zero();
+                if !ok {
+                    diags.push(err_at(path, e, "every must be greater than 0"));
+                }
+                ok
+            }),
+        };
+        signals.push(Signal { name: name.clone(), slot, source, every });
     }
     for (i, s) in slots.iter().enumerate() {
         if slots[..i].contains(s) {

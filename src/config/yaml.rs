@@ -79,6 +79,9 @@ pub struct RawSignal {
     pub value: Option<Spanned<f64>>,
     #[serde(default)]
     pub ticket_source: Option<Spanned<String>>,
+    /// Re-query at most this often (default: every evaluation); values are reused in between.
+    #[serde(default)]
+    pub every: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -30,6 +30,12 @@ pub fn ticket_clients<S: MetricsSource>(config: &Config, source: &Arc<S>) -> Tic
     out
 }
 
+/// Values of `every:` signals between refreshes, per group: slot → (fetched at, values).
+#[derive(Clone, Debug, Default)]
+pub struct SignalCache {
+    entries: HashMap<usize, (Ts, HashMap<crate::engine::Subject, f64>)>,
+}
+
 /// What one evaluation did, for logs, tests and benchmarks.
 #[derive(Clone, Debug, Default)]
 pub struct EvalReport {
@@ -47,10 +53,12 @@ pub struct EvalReport {
 /// Queries the group's signals (one query each, concurrently), evaluates, plans notifications
 /// and commits everything in one transaction. On a failed commit the in-memory state is
 /// restored, so the decision will be made again at the next evaluation.
+#[allow(clippy::too_many_arguments)]
 pub async fn evaluate_group_once<S: MetricsSource>(
     shared: &Arc<Shared>,
     source: &S,
     tickets: &Tickets<S>,
+    cache: &mut SignalCache,
     config: &Arc<Config>,
     gi: usize,
     now: Ts,
@@ -60,26 +68,32 @@ pub async fn evaluate_group_once<S: MetricsSource>(
     let mut report = EvalReport::default();
     let mut input = GroupInput::new(group);
 
-    let queries: Vec<(usize, &str, &str)> = group
-        .signals
-        .iter()
-        .filter_map(|s| match &s.source {
-            SignalSource::Query(q) => Some((s.slot, s.name.as_str(), q.as_str())),
-            _ => None,
-        })
-        .collect();
+    // Query signals due now; `every:` signals still fresh reuse their cached values.
+    let mut queries: Vec<(usize, &str, &str, bool)> = Vec::new();
+    for s in &group.signals {
+        let SignalSource::Query(q) = &s.source else { continue };
+        match (s.every, cache.entries.get(&s.slot)) {
+            (Some(every), Some((at, values))) if now - at < every.as_millis() as Ts => input.slots[s.slot] = SlotValues::Series(values.clone()),
+            (every, _) => queries.push((s.slot, s.name.as_str(), q.as_str(), every.is_some())),
+        }
+    }
     report.queries = queries.len();
-    let results = futures_util::future::join_all(queries.iter().map(|(_, _, q)| async move {
-        let t = Instant::now();
-        let r = source.instant(q, now).await;
-        metrics::histogram!("herald_datasource_query_duration_seconds").record(t.elapsed().as_secs_f64());
-        r
-    }))
-    .await;
+    // One query after another, each result keyed and its raw samples dropped before the next:
+    // the parse of a 1,000-series answer is the largest transient allocation Herald makes, and
+    // doing them concurrently would multiply the peak (and the allocator's high-water mark)
+    // by the number of signals for a few milliseconds saved. Groups still run concurrently.
     let mut all_ok = true;
-    for ((slot, name, _), result) in queries.iter().zip(results) {
+    for (slot, name, q, cached) in &queries {
+        let t = Instant::now();
+        let result = source.instant(q, now).await;
+        metrics::histogram!("herald_datasource_query_duration_seconds").record(t.elapsed().as_secs_f64());
         match result.and_then(|samples| key_by_subject(&samples, &group.subject_labels)) {
-            Ok(m) => input.slots[*slot] = SlotValues::Series(m),
+            Ok(m) => {
+                if *cached {
+                    cache.entries.insert(*slot, (now, m.clone()));
+                }
+                input.slots[*slot] = SlotValues::Series(m)
+            }
             Err(e) => {
                 all_ok = false;
                 tracing::warn!(group = %group.name, signal = %name, error = %e, "signal unavailable; rules that use it are unknown");
@@ -246,5 +260,65 @@ fn record_metrics(group: &crate::config::Group, out: &StepOutput, open: usize, f
             }
             ChangeKind::Updated => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::RunOptions;
+    use crate::source::{RangeSeries, Sample, SourceError};
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers every query with `n` series (one per service) and counts queries per PromQL.
+    struct Counting {
+        n: usize,
+        calls: std::sync::Mutex<HashMap<String, usize>>,
+        total: AtomicUsize,
+    }
+
+    impl MetricsSource for Counting {
+        async fn instant(&self, query: &str, _at: Ts) -> Result<Vec<Sample>, SourceError> {
+            self.total.fetch_add(1, Ordering::Relaxed);
+            *self.calls.lock().unwrap().entry(query.to_string()).or_default() += 1;
+            Ok((0..self.n).map(|i| Sample { labels: BTreeMap::from([("service".to_string(), format!("svc-{i}"))]), value: 1.0 }).collect())
+        }
+        async fn range(&self, _: &str, _: Ts, _: Ts, _: i64) -> Result<Vec<RangeSeries>, SourceError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn one_query_per_signal_per_evaluation_and_every_reuses_values() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            "groups:\n  - name: g\n    subject: [service]\n    signals:\n      a: {query: 'a'}\n      b: {query: 'b'}\n      slow: {query: 'slow', every: 1m}\n      k: {value: 1}\n    rules:\n      - {name: R, when: 'a > 0 and b > 0 and slow > 0', action: notify}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("herald.yaml"), "prometheus: {url: 'http://127.0.0.1:9'}\nglobal: {state_dir: state}\nrule_files: [rules.yaml]\n").unwrap();
+        let (config, _) = crate::config::load_config(&dir.path().join("herald.yaml"), &|_| None).unwrap();
+        let store = crate::store::Store::open_dir(&config.global.state_dir).unwrap();
+        let shared = Arc::new(Shared::new(config, store, RunOptions::default()).unwrap());
+        let config = shared.config();
+        let source = Counting { n: 1000, calls: Default::default(), total: AtomicUsize::new(0) };
+        let tickets = Tickets::new();
+        let mut cache = SignalCache::default();
+        let mut reports = Vec::new();
+        for i in 0..4 {
+            // 30s apart: `slow` (every 1m) is re-queried at 0s and 60s only.
+            reports.push(evaluate_group_once(&shared, &source, &tickets, &mut cache, &config, 0, i * 30_000).await);
+        }
+        let calls = source.calls.lock().unwrap().clone();
+        assert_eq!(calls["a"], 4, "one query per signal per evaluation, whatever the number of subjects");
+        assert_eq!(calls["b"], 4);
+        assert_eq!(calls["slow"], 2, "every: 1m at a 30s interval");
+        assert_eq!(source.total.load(Ordering::Relaxed), 10);
+        assert_eq!(reports.iter().map(|r| r.queries).collect::<Vec<_>>(), vec![3, 2, 3, 2]);
+        // Cached values are still used: the rule reads `slow` and fires for all 1,000 subjects.
+        assert!(reports.iter().all(|r| r.committed && r.output.subjects == 1000));
+        assert_eq!(reports[1].output.unknown, 0, "the cached signal had values");
+        assert_eq!(reports[0].output.decisions.len(), 1000);
     }
 }

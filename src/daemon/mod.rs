@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use eval::{evaluate_group_once, EvalReport, Tickets};
+pub use eval::{evaluate_group_once, EvalReport, SignalCache, Tickets};
 pub use reload::{reload, ReloadError, ReloadSummary};
 
 use crate::config::Config;
@@ -195,11 +195,12 @@ async fn group_task<S: MetricsSource + 'static>(
     let interval = group.interval_or(config.global.evaluation_interval);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut cache = SignalCache::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {
-                evaluate_group_once(&shared, source.as_ref(), &tickets, &config, gi, now_ms()).await;
+                evaluate_group_once(&shared, source.as_ref(), &tickets, &mut cache, &config, gi, now_ms()).await;
             }
         }
     }

@@ -1,13 +1,15 @@
 //! The HTTP API (spec §7) and `/metrics`, served with axum on the daemon's listener.
 //!
 //! One file per concern: [`ops`] (health, readiness, reload, metrics), [`rules`] (the rules
-//! view), [`incidents`] (listing, declaring, events). This module holds the router, the JSON
-//! error type and bearer-token authentication for mutating calls.
+//! view), [`incidents`] (listing, declaring, events), [`notifications`] (the outbox). This
+//! module holds the router, the JSON error type and bearer-token authentication for mutating
+//! calls.
 //!
 //! Handlers never hold the `core` lock on an async worker: everything that touches the state
 //! or the store runs in `spawn_blocking` (SQLite fsyncs under that lock).
 
 mod incidents;
+mod notifications;
 mod ops;
 mod rules;
 
@@ -37,6 +39,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/incidents", get(incidents::list).post(incidents::declare))
         .route("/api/v1/incidents/{id}", get(incidents::get_one))
         .route("/api/v1/incidents/{id}/events", post(incidents::post_event))
+        .route("/api/v1/notifications", get(notifications::list))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
 }

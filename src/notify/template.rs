@@ -54,6 +54,11 @@ Incident {{ incident.id }} is {{ incident.status }}{{ ': ' ~ incident.url if inc
 Severity {{ severity }} · rule {{ rule }}{% if dry_run %} · dry run, no action needed{% endif %}
 ";
 
+/// The annotation with which a rule overrides the message title.
+pub const RULE_TITLE_ANNOTATION: &str = "title";
+/// The annotation with which a rule overrides the message text.
+pub const RULE_TEXT_ANNOTATION: &str = "text";
+
 /// A rendered title and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedText {
@@ -152,8 +157,13 @@ impl Templates {
         })
     }
 
-    /// Renders the title: one line (newlines are folded into spaces).
+    /// Renders the title: one line (newlines are folded into spaces). A rule overrides it
+    /// with a `title` annotation (a template the engine already rendered), which wins over a
+    /// receiver's `title` template and the default.
     pub fn render_title(&self, n: &Notification) -> Result<String, TemplateError> {
+        if let Some(t) = n.annotations.get(RULE_TITLE_ANNOTATION) {
+            return Ok(t.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
         let name = match (self.title_override, n.status) {
             (true, _) => T_TITLE_OVERRIDE,
             (false, Status::Firing) => T_TITLE_FIRING,
@@ -163,8 +173,12 @@ impl Templates {
         Ok(raw.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 
-    /// Renders the body text (trailing spaces trimmed, runs of blank lines collapsed).
+    /// Renders the body text (trailing spaces trimmed, runs of blank lines collapsed). A rule
+    /// overrides it with a `text` annotation, as for the title.
     pub fn render_text(&self, n: &Notification) -> Result<String, TemplateError> {
+        if let Some(t) = n.annotations.get(RULE_TEXT_ANNOTATION) {
+            return Ok(tidy_text(t));
+        }
         let name = match (self.text_override, n.status) {
             (true, _) => T_TEXT_OVERRIDE,
             (false, Status::Firing) => T_TEXT_FIRING,
@@ -361,6 +375,18 @@ mod tests {
              Runbook: https://runbooks.example.com/checkout\n\
              Severity critical · rule ActivateCommsLead · since 2024-05-01 12:00 UTC"
         );
+    }
+
+    #[test]
+    fn a_rule_overrides_title_and_text_over_a_receiver_override() {
+        let mut n = sample_firing();
+        n.annotations.insert("title".into(), "Checkout  is\ndown".into());
+        n.annotations.insert("text".into(), "Say sorry first.\n\n\n\nThen explain.  ".into());
+        let t = Templates::with_overrides(Some("receiver title"), Some("receiver text")).unwrap();
+        assert_eq!(t.render_title(&n).unwrap(), "Checkout is down");
+        assert_eq!(t.render_text(&n).unwrap(), "Say sorry first.\n\nThen explain.");
+        n.annotations.remove("title");
+        assert_eq!(t.render_title(&n).unwrap(), "receiver title");
     }
 
     #[test]

@@ -272,33 +272,13 @@ impl Worker {
                 continue;
             }
             let Some(receiver) = config.receivers.iter().find(|r| r.name == e.receiver) else {
-                let msg = format!("receiver {:?} is no longer configured", e.receiver);
-                tracing::error!(receiver = %e.receiver, id = %e.id, error = %msg, "notification failed");
-                metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "failed").increment(1);
-                store.mark(
-                    &e.id,
-                    OutboxState::Failed,
-                    e.attempts,
-                    e.not_before,
-                    Some(&msg),
-                    None,
-                )?;
+                fail_entry(store, &e, &format!("receiver {:?} is no longer configured", e.receiver))?;
                 continue;
             };
             let n = match crate::notify::receiver::parse_payloads([e.payload.as_str()], dry_run) {
                 Ok(mut v) => v.remove(0),
                 Err(err) => {
-                    let msg = err.to_string();
-                    tracing::error!(receiver = %e.receiver, id = %e.id, error = %msg, "notification failed");
-                    metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "failed").increment(1);
-                    store.mark(
-                        &e.id,
-                        OutboxState::Failed,
-                        e.attempts,
-                        e.not_before,
-                        Some(&msg),
-                        None,
-                    )?;
+                    fail_entry(store, &e, &err.to_string())?;
                     continue;
                 }
             };
@@ -557,4 +537,11 @@ mod tests {
             assert!(t.backoff(30) <= Duration::from_millis(1000));
         }
     }
+}
+
+/// Gives up on an entry that can never be delivered: logs, counts and marks it `failed`.
+fn fail_entry(store: &mut crate::store::Store, e: &OutboxEntry, msg: &str) -> Result<(), crate::store::StoreError> {
+    tracing::error!(receiver = %e.receiver, id = %e.id, error = %msg, "notification failed");
+    metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "failed").increment(1);
+    store.mark(&e.id, OutboxState::Failed, e.attempts, e.not_before, Some(msg), None)
 }
