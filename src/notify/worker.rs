@@ -520,6 +520,13 @@ struct Mark {
     delivered_at: Option<Ts>,
 }
 
+/// Gives up on an entry that can never be delivered: logs, counts and marks it `failed`.
+fn fail_entry(store: &mut crate::store::Store, e: &OutboxEntry, msg: &str) -> Result<(), crate::store::StoreError> {
+    tracing::error!(receiver = %e.receiver, id = %e.id, error = %msg, "notification failed");
+    metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "failed").increment(1);
+    store.mark(&e.id, OutboxState::Failed, e.attempts, e.not_before, Some(msg), None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,9 +546,3 @@ mod tests {
     }
 }
 
-/// Gives up on an entry that can never be delivered: logs, counts and marks it `failed`.
-fn fail_entry(store: &mut crate::store::Store, e: &OutboxEntry, msg: &str) -> Result<(), crate::store::StoreError> {
-    tracing::error!(receiver = %e.receiver, id = %e.id, error = %msg, "notification failed");
-    metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "failed").increment(1);
-    store.mark(&e.id, OutboxState::Failed, e.attempts, e.not_before, Some(msg), None)
-}
