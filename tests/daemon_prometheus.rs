@@ -134,6 +134,18 @@ fn healthy(e: &Exporter) {
     }
 }
 
+/// An exporter where `checkout` breaches (20% affected), scraped by a real Prometheus that
+/// already has the data.
+fn breaching() -> (Exporter, Prometheus) {
+    let exporter = Exporter::start();
+    healthy(&exporter);
+    exporter.set("test_sli", &[("service", "checkout")], 0.9);
+    exporter.set("test_affected", &[("service", "checkout")], 0.2);
+    let prom = Prometheus::start(&[exporter.addr()], Duration::from_secs(1));
+    prom.wait_for("test_affected", Duration::from_secs(30));
+    (exporter, prom)
+}
+
 #[test]
 fn slo_breach_pages_once_within_two_intervals_and_survives_restarts_and_prometheus_outages() {
     let exporter = Exporter::start();
@@ -217,12 +229,7 @@ fn a_for_timer_is_not_restarted_by_a_restart() {
 
 #[test]
 fn a_page_committed_while_the_receiver_is_down_is_delivered_once_after_kill_9() {
-    let exporter = Exporter::start();
-    healthy(&exporter);
-    exporter.set("test_sli", &[("service", "checkout")], 0.9);
-    exporter.set("test_affected", &[("service", "checkout")], 0.2);
-    let prom = Prometheus::start(&[exporter.addr()], Duration::from_secs(1));
-    prom.wait_for("test_affected", Duration::from_secs(30));
+    let (_exporter, prom) = breaching();
     let down = receiver::reserve_port();
     let mut site = Site::new(&prom.url(), &format!("http://{down}/hook"));
     let mut d = site.start();
@@ -254,12 +261,7 @@ fn a_page_committed_while_the_receiver_is_down_is_delivered_once_after_kill_9() 
 
 #[test]
 fn a_permanent_failure_stops_retrying_and_is_visible_in_the_api_and_metrics() {
-    let exporter = Exporter::start();
-    healthy(&exporter);
-    exporter.set("test_sli", &[("service", "checkout")], 0.9);
-    exporter.set("test_affected", &[("service", "checkout")], 0.2);
-    let prom = Prometheus::start(&[exporter.addr()], Duration::from_secs(1));
-    prom.wait_for("test_affected", Duration::from_secs(30));
+    let (_exporter, prom) = breaching();
     // Prometheus itself answers 404 on this path: a wrong webhook URL, a permanent failure.
     let mut site = Site::new(&prom.url(), &format!("{}/no-such-hook", prom.url()));
     let d = site.start();
