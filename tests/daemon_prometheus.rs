@@ -276,3 +276,16 @@ fn a_permanent_failure_stops_retrying_and_is_visible_in_the_api_and_metrics() {
     assert!(d.metrics().lines().any(|l| l == r#"herald_notifications_total{receiver="pager",outcome="failed"} 1"#), "{}", d.metrics());
     assert_eq!(d.get("/api/v1/notifications?state=bogus").status, 400);
 }
+
+#[test]
+fn readiness_waits_until_every_group_has_been_evaluated_once() {
+    // A "Prometheus" that accepts connections and never answers: the first evaluation waits
+    // for the 2s query timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let site = Site::new(&url, "http://127.0.0.1:9/hook");
+    let d = Daemon::spawn_unready(&site.dir.path().join("herald.yaml"), site.port, site.dir.path().join("herald.log"));
+    assert_eq!(d.get("/-/ready").status, 503, "not ready before the first evaluation finished");
+    d.eventually("ready after the first evaluation", Duration::from_secs(20), || d.get("/-/ready").status == 200);
+    drop(silent);
+}

@@ -11,7 +11,7 @@
 mod eval;
 mod reload;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub struct Shared {
     pub options: RunOptions,
     /// Woken when the outbox has new entries.
     pub outbox_wake: tokio::sync::Notify,
-    /// True once every group has been evaluated once.
+    /// True once every group has been evaluated once (readiness).
     pub ready: AtomicBool,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
@@ -165,10 +165,15 @@ async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source
         let tickets = Arc::new(eval::ticket_clients(&config, &source));
         let stop = shared.shutdown.child_token();
         let mut set = tokio::task::JoinSet::new();
-        for gi in 0..config.rules.groups.len() {
-            set.spawn(group_task(shared.clone(), source.clone(), tickets.clone(), config.clone(), gi, stop.clone()));
+        // Ready once every group has been evaluated once (stays ready across reloads).
+        let first_pending = Arc::new(AtomicUsize::new(config.rules.groups.len()));
+        if config.rules.groups.is_empty() {
+            shared.ready.store(true, Ordering::Relaxed);
         }
-        shared.ready.store(true, Ordering::Relaxed);
+        for gi in 0..config.rules.groups.len() {
+            let first = first_pending.clone();
+            set.spawn(group_task(shared.clone(), source.clone(), tickets.clone(), config.clone(), gi, stop.clone(), first));
+        }
         let reloaded = tokio::select! {
             _ = shared.shutdown.cancelled() => false,
             r = reloads.changed() => r.is_ok(),
@@ -190,17 +195,25 @@ async fn group_task<S: MetricsSource + 'static>(
     config: Arc<Config>,
     gi: usize,
     stop: CancellationToken,
+    first_pending: Arc<AtomicUsize>,
 ) {
     let group = &config.rules.groups[gi];
     let interval = group.interval_or(config.global.evaluation_interval);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut cache = SignalCache::default();
+    let mut first_done = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {
                 evaluate_group_once(&shared, source.as_ref(), &tickets, &mut cache, &config, gi, now_ms()).await;
+                if !first_done {
+                    first_done = true;
+                    if first_pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        shared.ready.store(true, Ordering::Relaxed);
+                    }
+                }
             }
         }
     }

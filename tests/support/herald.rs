@@ -38,6 +38,23 @@ impl Daemon {
         d.wait_ready();
         d
     }
+
+    /// Starts `herald run` like [`Daemon::spawn`] but waits only until the API answers at all
+    /// (any status), not until it is ready.
+    pub fn spawn_unready(config: &Path, port: u16, log: PathBuf) -> Daemon {
+        let out = File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        let d = Daemon { child: Some(child), port, log };
+        d.eventually("the API to answer", Duration::from_secs(30), || try_request(port, "GET", "/-/healthy", None, None).is_ok());
+        d
+    }
 }
 
 /// A running `herald run`; killed on drop.
