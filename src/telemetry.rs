@@ -146,10 +146,15 @@ pub fn record_effect(fx: &Effect, incident: &Incident, open: usize) {
         metrics::counter!("herald_false_notifications_total").increment(1);
     }
     if fx.resolved {
-        let pm = if incident.postmortem_published { "true" } else { "false" };
-        metrics::counter!("herald_incidents_resolved_total", "severity" => incident.severity.as_str(), "postmortem" => pm).increment(1);
+        record_resolved(incident);
     }
     metrics::gauge!("herald_incidents_open").set(open as f64);
+}
+
+/// Counts a resolved incident, whether rules or a person resolved it.
+pub fn record_resolved(incident: &Incident) {
+    let pm = if incident.postmortem_published { "true" } else { "false" };
+    metrics::counter!("herald_incidents_resolved_total", "severity" => incident.severity.as_str(), "postmortem" => pm).increment(1);
 }
 
 #[cfg(test)]

@@ -331,7 +331,7 @@ impl Validator<'_> {
     }
 
     /// A secret given inline (interpolated) or through a file; exactly one.
-    fn secret(&mut self, inline: &Option<Spanned<String>>, file: &Option<Spanned<String>>, what: &str, at: &Spanned<String>) -> Option<String> {
+    fn secret(&mut self, inline: &Option<Spanned<String>>, file: &Option<Spanned<String>>, what: &str) -> Option<String> {
         match (inline, file) {
             (Some(i), Some(_)) => {
                 self.err(i, format!("give {what} or {what}_file, not both"));
@@ -344,10 +344,7 @@ impl Validator<'_> {
                 Some(self.interp(i))
             }
             (None, Some(f)) => self.read_secret(f),
-            (None, None) => {
-                let _ = at;
-                None
-            }
+            (None, None) => None,
         }
     }
 
@@ -498,7 +495,7 @@ impl Validator<'_> {
             }
             (Some(b), None) => {
                 let username = self.interp(&b.username);
-                match self.secret(&b.password, &b.password_file, "password", &b.username) {
+                match self.secret(&b.password, &b.password_file, "password") {
                     Some(password) => Auth::Basic { username, password },
                     None => {
                         self.err(&b.username, "basic_auth needs password or password_file");
@@ -651,7 +648,7 @@ impl Validator<'_> {
                     };
                     match r.kind.value.as_str() {
                         "webhook" => {
-                            let secret = self.secret(&r.secret, &r.secret_file, "secret", &r.name);
+                            let secret = self.secret(&r.secret, &r.secret_file, "secret");
                             ReceiverKind::Webhook { url: u, secret }
                         }
                         "slack" => ReceiverKind::Slack { url: u },
@@ -659,7 +656,7 @@ impl Validator<'_> {
                     }
                 }
                 "pagerduty" => {
-                    let Some(key) = self.secret(&r.routing_key, &r.routing_key_file, "routing_key", &r.name) else {
+                    let Some(key) = self.secret(&r.routing_key, &r.routing_key_file, "routing_key") else {
                         self.err(&r.name, format!("pagerduty receiver {:?} needs `routing_key` or `routing_key_file`", r.name.value));
                         continue;
                     };

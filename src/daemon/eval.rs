@@ -254,10 +254,7 @@ fn record_metrics(group: &crate::config::Group, out: &StepOutput, open: usize, f
             ChangeKind::Opened => {
                 metrics::counter!("herald_comms_lead_activations_total", "severity" => c.incident.severity.as_str()).increment(1);
             }
-            ChangeKind::Resolved => {
-                let pm = if c.incident.postmortem_published { "true" } else { "false" };
-                metrics::counter!("herald_incidents_resolved_total", "severity" => c.incident.severity.as_str(), "postmortem" => pm).increment(1);
-            }
+            ChangeKind::Resolved => crate::telemetry::record_resolved(&c.incident),
             ChangeKind::Updated => {}
         }
     }

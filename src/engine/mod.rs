@@ -469,7 +469,7 @@ pub fn template_context(group: &Group, rule: &Rule, subject: &Subject, values: &
     let inc: BTreeMap<&str, TValue> = IncidentField::ALL
         .iter()
         .map(|(n, f)| {
-            let v = match crate::expr::Expr::Incident(*f).eval(&Ctx { signals: &[], subject: &[], incident: &view, now: 0.0 }) {
+            let v = match view.get(*f) {
                 Value::Bool(b) => TValue::from(b),
                 Value::Num(x) => TValue::from(x),
                 Value::Str(s) => TValue::from(s),

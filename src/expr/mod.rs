@@ -118,7 +118,8 @@ impl<'v> IncidentView<'v> {
         since_resolved: None,
     };
 
-    fn get(&self, f: IncidentField) -> Value<'v> {
+    /// One field's value.
+    pub fn get(&self, f: IncidentField) -> Value<'v> {
         let num = |o: Option<f64>| o.map_or(Value::None, Value::Num);
         let s = |o: Option<&'v str>| o.map_or(Value::None, Value::Str);
         match f {
