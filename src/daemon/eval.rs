@@ -176,6 +176,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             events: Vec::new(),
             outbox: entries,
             group_evals: vec![(group.name.as_str(), now)],
+            noted_events: Vec::new(),
+            timeline: &out.timeline,
         };
         let enqueued = commit.outbox.len();
         let core = &mut *core;
