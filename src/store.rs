@@ -201,6 +201,14 @@ impl Store {
         Ok(store)
     }
 
+    /// A database in memory (`herald test` restarts through it, as the daemon does through
+    /// its file).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let mut store = Store { conn: Connection::open_in_memory()? };
+        store.migrate()?;
+        Ok(store)
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let tx = self.conn.transaction()?;

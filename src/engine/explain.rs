@@ -132,7 +132,7 @@ pub fn explain(group: &Group, rule: &Rule, subject: &Subject, input: &GroupInput
         };
         Progress { elapsed_s: secs(elapsed), needed_s: secs(for_ms) }
     });
-    let keep_firing_for = (keep_ms > 0).then(|| Progress { elapsed_s: secs(instance.and_then(|i| i.keep_firing_since).map_or(0, |k| now - k)), needed_s: secs(keep_ms) });
+    let keep_firing_for = (keep_ms > 0 && phase == Phase::Firing).then(|| Progress { elapsed_s: secs(instance.and_then(|i| i.keep_firing_since).map_or(0, |k| now - k)), needed_s: secs(keep_ms) });
     let incident = state.incidents.get(subject).filter(|i| i.activating_rule.as_deref() == Some(rule.name.as_str()) && i.is_open()).map(|i| IncidentProgress {
         id: i.id.clone(),
         status: i.status.as_str(),
@@ -306,7 +306,12 @@ impl Explanation {
             let _ = writeln!(s, "  unknown because: {}", r.as_str());
         }
         if let Some(p) = self.r#for {
-            let _ = writeln!(s, "  for: {} of {}", dur(p.elapsed_s), dur(p.needed_s));
+            let when = match self.state {
+                Phase::Pending => format!(": fires at the first evaluation at or after {} if it stays true", dur(self.at as f64 / 1000.0 + p.needed_s - p.elapsed_s)),
+                Phase::Inactive => String::from(": starts counting when the condition is true"),
+                Phase::Firing => String::new(),
+            };
+            let _ = writeln!(s, "  for: {} of {}{when}", dur(p.elapsed_s), dur(p.needed_s));
         }
         if let Some(p) = self.keep_firing_for {
             let _ = writeln!(s, "  keep_firing_for: false for {} of {}", dur(p.elapsed_s), dur(p.needed_s));

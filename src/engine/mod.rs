@@ -505,9 +505,12 @@ impl Engine {
             // belongs to this group (monitoring, investigating, resolved after resolve_after).
             if let Some(inc) = state.incidents.get_mut(subject).filter(|i| i.is_open()) {
                 if let Some(ri) = inc.activating_rule.as_ref().and_then(|r| group.rules.iter().position(|x| &x.name == r)) {
+                    // Known inactive means decided with every signal the rule reads present:
+                    // an incident never resolves while part of its evidence is missing.
                     let evidence = match (truths[ri], maps[ri].get(subject)) {
                         (Truth::Unknown, _) => Evidence::Unknown,
                         (_, Some(i)) => Evidence::Live { firing: i.phase == Phase::Firing },
+                        (_, None) if rule_slots[ri].iter().any(|&slot| values[slot].is_none()) => Evidence::Unknown,
                         (_, None) => Evidence::Inactive,
                     };
                     let (changed, event) = inc.follow(evidence, now, group.rules[ri].resolve_after.as_millis() as i64);
