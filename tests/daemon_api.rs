@@ -128,7 +128,7 @@ fn incidents_events_auth_and_comms_metrics() {
 
     // Events.
     let ev = |body: &str| d.post("/api/v1/incidents/INC-1/events", body);
-    let r = ev(r#"{"type": "ack"}"#);
+    let r = ev(r#"{"type": "ack", "actor": "alice", "note": "paged by phone"}"#);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.json()["acknowledged_at"].is_string());
     let r = ev(r#"{"type": "public_update", "channel": "status_page"}"#);
@@ -151,6 +151,25 @@ fn incidents_events_auth_and_comms_metrics() {
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.json()["error"].as_str().unwrap().contains("status_page"), "{r:?}");
     assert_eq!(ev("not json").status, 400);
+    // Strict input: unknown fields, a field of another type, duplicate keys.
+    for (body, want) in [
+        (r#"{"type": "ack", "severity": "critical"}"#, "ack takes no `severity`"),
+        (r#"{"type": "ack", "actr": "bob"}"#, "unknown field `actr`"),
+        (r#"{"type": "ack", "type": "resolve"}"#, "duplicate field `type`"),
+    ] {
+        let r = ev(body);
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert!(r.json()["error"].as_str().unwrap().contains(want), "{body}: {r:?}");
+    }
+    for (body, want) in [
+        (r#"{"subject": {"service": "a", "service": "b"}, "severity": "info"}"#, "duplicate label \"service\""),
+        (r#"{"subject": {"my-service": "a"}, "severity": "info"}"#, "invalid label name"),
+        (r#"{"subject": {"service": "a"}, "severity": "info", "sevrity": "x"}"#, "unknown field `sevrity`"),
+    ] {
+        let r = d.post("/api/v1/incidents", body);
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert!(r.json()["error"].as_str().unwrap().contains(want), "{body}: {r:?}");
+    }
     let r = d.post("/api/v1/incidents/INC-99/events", r#"{"type": "ack"}"#);
     assert_eq!(r.status, 404, "{r:?}");
     assert_eq!(d.get("/api/v1/incidents/INC-99").status, 404);
@@ -165,22 +184,49 @@ fn incidents_events_auth_and_comms_metrics() {
     let r = ev(r#"{"type": "ack"}"#);
     assert_eq!(r.status, 409, "{r:?}");
     assert!(r.json()["error"].as_str().unwrap().contains("resolved"));
+    // A second resolve is accepted and changes nothing.
+    let r = ev(r#"{"type": "resolve"}"#);
+    assert_eq!((r.status, r.json()["resolved_at"].clone()), (200, inc["resolved_at"].clone()), "{r:?}");
 
-    // The incident with its events, oldest first.
+    // The incident tells its whole story, oldest first: people's events (with actor and
+    // note), Herald's decisions and the notifications they queued and sent.
+    d.eventually("the page was delivered", Duration::from_secs(15), || {
+        let v = d.get("/api/v1/incidents/INC-1").json();
+        v["events"].as_array().unwrap().iter().any(|e| e["type"] == "notification_sent")
+    });
     let v = d.get("/api/v1/incidents/INC-1").json();
-    let types: Vec<&str> = v["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["declare", "ack", "public_update", "legal_requested", "legal_approved", "status", "resolve"]);
-    assert_eq!(v["events"][2]["channel"], "status_page");
-    assert!(chrono::DateTime::parse_from_rfc3339(v["events"][0]["at"].as_str().unwrap()).is_ok());
+    let events = v["events"].as_array().unwrap();
+    let of = |source: &str| -> Vec<&str> { events.iter().filter(|e| e["source"] == source).map(|e| e["type"].as_str().unwrap()).collect() };
+    assert_eq!(of("person"), ["declare", "ack", "public_update", "legal_requested", "legal_approved", "status", "resolve", "resolve"]);
+    let herald = of("herald");
+    for t in ["rule_firing", "notification_queued", "notification_sent"] {
+        assert!(herald.contains(&t), "{t} missing from {events:?}");
+    }
+    let firing = events.iter().find(|e| e["type"] == "rule_firing").unwrap();
+    assert_eq!(firing["rule"], "AckOverdue");
+    let sent = events.iter().find(|e| e["type"] == "notification_sent").unwrap();
+    assert_eq!((sent["receiver"].as_str(), sent["rule"].as_str()), (Some("log"), Some("AckOverdue")), "{sent}");
+    let ack = events.iter().find(|e| e["type"] == "ack").unwrap();
+    assert_eq!((ack["actor"].as_str(), ack["note"].as_str()), (Some("alice"), Some("paged by phone")));
+    let update = events.iter().find(|e| e["type"] == "public_update").unwrap();
+    assert_eq!(update["channel"], "status_page");
+    assert!(chrono::DateTime::parse_from_rfc3339(events[0]["at"].as_str().unwrap()).is_ok());
+
+    // A newer incident on the same subject: the earlier one still takes events by id.
+    assert_eq!(d.post("/api/v1/incidents", r#"{"subject": {"service": "checkout"}, "severity": "warning"}"#).status, 201);
+    let r = ev(r#"{"type": "postmortem_published", "actor": "bob"}"#);
+    assert_eq!((r.status, r.json()["postmortem_published"].as_bool()), (200, Some(true)), "{r:?}");
+    assert_eq!(ev(r#"{"type": "correction"}"#).json()["corrections"], 1);
+    assert_eq!(d.post("/api/v1/incidents/INC-2/events", r#"{"type": "resolve"}"#).status, 200);
 
     // Listing, newest first, with the open filter.
     assert_eq!(d.post("/api/v1/incidents", r#"{"subject": {"service": "search"}, "severity": "warning"}"#).status, 201);
     let ids = |q: &str| -> Vec<String> {
         d.get(&format!("/api/v1/incidents{q}")).json()["incidents"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(ids(""), ["INC-2", "INC-1"]);
-    assert_eq!(ids("?open=true"), ["INC-2"]);
-    assert_eq!(ids("?open=false"), ["INC-1"]);
+    assert_eq!(ids(""), ["INC-3", "INC-2", "INC-1"]);
+    assert_eq!(ids("?open=true"), ["INC-3"]);
+    assert_eq!(ids("?open=false"), ["INC-2", "INC-1"]);
     assert_eq!(d.get("/api/v1/incidents?open=maybe").status, 400);
 
     // Comms metrics from the events.
@@ -192,6 +238,7 @@ fn incidents_events_auth_and_comms_metrics() {
     assert!(m.contains("herald_ack_latency_seconds_bucket{le=\"86400\"} 1"), "{m}");
     assert!(has_line(&m, r#"herald_public_updates_total{channel="status_page"} 1"#), "{m}");
     assert!(has_line(&m, r#"herald_incidents_resolved_total{severity="critical",postmortem="false"} 1"#), "{m}");
+    assert!(has_line(&m, r#"herald_incidents_resolved_total{severity="warning",postmortem="false"} 1"#), "{m}");
     assert!(has_line(&m, "herald_incidents_open 1"), "{m}");
     assert!(m.contains("# TYPE herald_ack_latency_seconds histogram"), "{m}");
     assert!(!m.contains("quantile="), "histograms, not summaries:\n{m}");

@@ -198,7 +198,7 @@ fn slo_breach_pages_once_within_two_intervals_and_survives_restarts_and_promethe
     std::thread::sleep(3 * INTERVAL);
     assert_eq!(phase(&d, "ActivateCommsLead", "checkout").as_deref(), Some("firing"), "unknown keeps the activation firing");
     assert_eq!(open_incidents(&d).len(), 1, "unknown never resolves");
-    assert!(d.metrics().lines().any(|l| l == "herald_datasource_up 0"), "datasource marked down");
+    assert!(d.metrics().lines().any(|l| l == r#"herald_datasource_up{group="live"} 0"#), "datasource marked down");
     prom.restart();
     d.eventually("TelemetryGap cleared", Duration::from_secs(30), || phase(&d, "TelemetryGap", "checkout").is_none());
     assert_eq!(pages(&rx.received()).len(), 1);
@@ -286,6 +286,64 @@ fn readiness_waits_until_every_group_has_been_evaluated_once() {
     let site = Site::new(&url, "http://127.0.0.1:9/hook");
     let d = Daemon::spawn_unready(&site.dir.path().join("herald.yaml"), site.port, site.dir.path().join("herald.log"));
     assert_eq!(d.get("/-/ready").status, 503, "not ready before the first evaluation finished");
+    // Every group's health series exist from start.
+    let m = d.metrics();
+    for line in [r#"herald_datasource_up{group="live"} 0"#, r#"herald_rule_evaluation_failures_total{group="live"} 0"#, r#"herald_rule_unknown{rule="TelemetryGap",reason="absent"} 0"#] {
+        assert!(m.lines().any(|l| l == line), "{line} missing before the first evaluation:\n{m}");
+    }
     d.eventually("ready after the first evaluation", Duration::from_secs(20), || d.get("/-/ready").status == 200);
     drop(silent);
+}
+
+#[test]
+fn unknown_is_visible_and_a_rule_explains_itself() {
+    let (_exporter, prom) = breaching();
+    let rx = Receiver::start();
+    let mut site = Site::new(&prom.url(), &rx.url());
+    // A signal whose query has a typo: it returns no series, which must not read as "all is well".
+    let rules = RULES.replace("    rules:\n", "      typo: { query: 'max by (service) (test_afected)' }\n    rules:\n")
+        + "      - name: TypoRule\n        when: typo > 0.05\n        action: notify\n";
+    std::fs::write(site.dir.path().join("rules.yaml"), rules).unwrap();
+    let d = site.start();
+    d.eventually("an open incident", Duration::from_secs(10), || !open_incidents(&d).is_empty());
+    let m = d.metrics();
+    for line in [
+        r#"herald_signal_series{group="live",signal="sli"} 2"#,
+        r#"herald_signal_series{group="live",signal="typo"} 0"#,
+        r#"herald_rule_unknown{rule="TypoRule",reason="absent"} 2"#,
+        r#"herald_rule_unknown{rule="ActivateCommsLead",reason="absent"} 0"#,
+        r#"herald_datasource_up{group="live"} 1"#,
+        r#"herald_rule_evaluation_failures_total{group="live"} 0"#,
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} missing:\n{m}");
+    }
+
+    // Explain: the activation fires, and why.
+    let v = d.get("/api/v1/rules/ActivateCommsLead/explain?subject=service=checkout").json();
+    let e = &v["evaluations"][0];
+    eprintln!("{}", serde_json::to_string_pretty(&v).unwrap());
+    assert_eq!((e["state"].as_str(), e["when"]["truth"].as_str()), (Some("firing"), Some("true")), "{v}");
+    assert_eq!(e["when"]["clauses"][1]["text"], "affected_ratio > 0.05");
+    assert_eq!(e["incident"]["id"], "INC-1");
+    let sli = e["signals"].as_array().unwrap().iter().find(|s| s["name"] == "sli").unwrap();
+    assert_eq!(sli["value"], 0.9);
+    assert!(e["text"].as_str().unwrap().contains("when true"), "{v}");
+    // The evaluation time is the group's aligned tick, not a clock read.
+    let at = chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap().timestamp_millis();
+    assert_eq!(::herald::daemon::Schedule::new("live", INTERVAL).floor(at), at, "evaluated at an aligned tick");
+    // The typo: unknown, because the query returned no series.
+    let v = d.get("/api/v1/rules/TypoRule/explain?subject=service=checkout").json();
+    let e = &v["evaluations"][0];
+    assert_eq!((e["when"]["truth"].as_str(), e["unknown_reason"].as_str()), (Some("unknown"), Some("absent")), "{v}");
+    assert!(e["signals"][0]["why"].as_str().unwrap().starts_with("absent: the query returned 0 series"), "{v}");
+    assert_eq!(d.get("/api/v1/rules/NoSuchRule/explain?subject=service=checkout").status, 404);
+    assert_eq!(d.get("/api/v1/rules/TypoRule/explain?subject=region=eu").status, 400);
+
+    // Unknown for every subject for 10 evaluations: one warning, with the reason.
+    d.eventually("the warning", Duration::from_secs(20), || d.log().contains("rule has been unknown for every subject"));
+    std::thread::sleep(3 * INTERVAL);
+    let log = d.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("rule has been unknown for every subject")).collect();
+    assert_eq!(warnings.len(), 1, "logged once: {warnings:?}");
+    assert!(warnings[0].contains("TypoRule") && warnings[0].contains("absent"), "{}", warnings[0]);
 }

@@ -287,7 +287,7 @@ impl Explanation {
     /// A plain-text rendering for people (the CLI prints it; the API returns it as `text`).
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{} {} at {}: {}", self.rule, self.subject, PromDuration(std::time::Duration::from_millis(self.at.max(0) as u64)), self.state.as_str());
+        let _ = writeln!(s, "{} {} at {}: {}", self.rule, self.subject, show_time(self.at), self.state.as_str());
         for sig in &self.signals {
             match (sig.value, &sig.why) {
                 (Some(v), _) => {
@@ -307,7 +307,7 @@ impl Explanation {
         }
         if let Some(p) = self.r#for {
             let when = match self.state {
-                Phase::Pending => format!(": fires at the first evaluation at or after {} if it stays true", dur(self.at as f64 / 1000.0 + p.needed_s - p.elapsed_s)),
+                Phase::Pending => format!(": fires at the first evaluation at or after {} if it stays true", show_time(self.at + ((p.needed_s - p.elapsed_s) * 1000.0) as Ts)),
                 Phase::Inactive => String::from(": starts counting when the condition is true"),
                 Phase::Firing => String::new(),
             };
@@ -328,6 +328,15 @@ impl Explanation {
             }
         }
         s
+    }
+}
+
+/// A live evaluation time as RFC 3339; a `herald test` time (from 0) as a duration.
+fn show_time(at: Ts) -> String {
+    const YEAR_MS: Ts = 365 * 86_400_000;
+    match chrono::DateTime::from_timestamp_millis(at) {
+        Some(t) if at >= YEAR_MS => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        _ => dur(at as f64 / 1000.0),
     }
 }
 
