@@ -144,8 +144,8 @@ fn explain_shows_signals_clauses_and_for_progress() {
     let pending = at("7m");
     assert!(pending.contains("at 7m: pending"), "{pending}");
     assert!(pending.contains("signal sli = 0.97"), "{pending}");
-    assert!(pending.contains("when true   sli < objective and affected_ratio > 0.05"), "{pending}");
-    assert!(pending.contains("- true   affected_ratio > 0.05"), "{pending}");
+    assert!(pending.contains("when true    sli < objective and affected_ratio > 0.05"), "{pending}");
+    assert!(pending.contains("- true    affected_ratio > 0.05"), "{pending}");
     assert!(pending.contains("for: 2m of 5m: fires at the first evaluation at or after 10m"), "{pending}");
     assert!(at("9m30s").contains("at 9m30s: pending"), "{stdout}");
     assert!(at("10m").contains("at 10m: firing"), "{stdout}");

@@ -323,7 +323,7 @@ impl Explanation {
                     let _ = writeln!(s, "  incident {} {}: known-inactive {} of resolve_after {}{pinned}", i.id, i.status, dur(p.elapsed_s), dur(p.needed_s));
                 }
                 None => {
-                    let _ = writeln!(s, "  incident {} {}: resolve_after countdown not running (the rule is live or unknown){pinned}", i.id, i.status);
+                    let _ = writeln!(s, "  incident {} {}: resolve_after countdown not running (the rule is live, unknown, or a signal it reads has no value){pinned}", i.id, i.status);
                 }
             }
         }
@@ -346,7 +346,7 @@ fn dur(secs: f64) -> String {
 
 fn write_clause(s: &mut String, c: &Clause, depth: usize, label: &str) {
     let pad = "  ".repeat(depth);
-    let _ = writeln!(s, "{pad}{label}{:<7} {}", format!(" {}", c.truth), c.text);
+    let _ = writeln!(s, "{pad}{label}{:<8} {}", format!(" {}", c.truth), c.text);
     for sub in &c.clauses {
         write_clause(s, sub, depth + 1, "-");
     }

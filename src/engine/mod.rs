@@ -12,9 +12,14 @@
 //!    unknown holding state);
 //! 3. the actions of rules that started firing take effect (open an incident, engage legal,
 //!    mark internal-only);
-//! 4. an incident opened by a rule of this group resolves once that rule has been known-inactive
-//!    for its `resolve_after`;
-//! 5. decisions (firing / resolved) are emitted with rendered annotations.
+//! 4. an incident opened by a rule of this group follows that rule ([`Incident::follow`]):
+//!    `monitoring` when it stops firing, `investigating` when it fires again, resolved once it
+//!    has been known-inactive (decided, every signal present) for its `resolve_after`;
+//! 5. decisions (firing / resolved) are emitted with rendered annotations, and Herald's own
+//!    timeline entries (incident opened, rule firing/resolved, status changed) with them.
+//!
+//! Per evaluation it also counts, per rule, the subjects whose condition was unknown and why
+//! ([`UnknownReason`]). [`explain`] explains one rule for one subject from the same inputs.
 
 pub mod event;
 pub mod explain;

@@ -250,9 +250,8 @@ fn prepare(path: &str, t: &yaml::RawTest, rules: &RuleSet, default_interval: Dur
             true
         }
     };
-    let events: Vec<(Ts, Subject, Event, Option<String>)> =
+    let mut events: Vec<(Ts, Subject, Event, Option<String>)> =
         events.into_iter().filter(|((at, span), _, _, _)| within(*at, span, diags)).map(|((at, _), s, e, id)| (at, s, e, id)).collect();
-    let mut events = events;
     let mut downtime = Vec::new();
     for d in &t.downtime {
         let (Some(from), Some(until)) = (parse_at(path, &d.from, diags), parse_at(path, &d.until, diags)) else { continue };
