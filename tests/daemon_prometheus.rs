@@ -331,6 +331,18 @@ fn unknown_is_visible_and_a_rule_explains_itself() {
     // The evaluation time is the group's aligned tick, not a clock read.
     let at = chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap().timestamp_millis();
     assert_eq!(::herald::daemon::Schedule::new("live", INTERVAL).floor(at), at, "evaluated at an aligned tick");
+    // Asked once, the pair is recorded: the next answer shows the last evaluations, one
+    // interval apart exactly.
+    std::thread::sleep(3 * INTERVAL);
+    let v = d.get("/api/v1/rules/ActivateCommsLead/explain?subject=service=checkout").json();
+    let times: Vec<i64> = v["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap().timestamp_millis())
+        .collect();
+    assert!(times.len() >= 3, "{v}");
+    assert!(times.windows(2).all(|w| w[1] - w[0] == 1000), "{times:?}");
     // The typo: unknown, because the query returned no series.
     let v = d.get("/api/v1/rules/TypoRule/explain?subject=service=checkout").json();
     let e = &v["evaluations"][0];

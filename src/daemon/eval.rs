@@ -172,6 +172,17 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let mut core = shared2.core.lock().expect("core lock");
         let snapshot = core.state.clone();
         let out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
+        {
+            let mut watch = shared2.explain_watch.lock().expect("explain watch lock");
+            for ((rule, subject), log) in watch.iter_mut() {
+                if let Some(r) = group.rules.iter().find(|r| &r.name == rule) {
+                    if log.len() == super::EXPLAIN_HISTORY {
+                        log.pop_front();
+                    }
+                    log.push_back(crate::engine::explain::explain(group, r, subject, &input, &core.state, now));
+                }
+            }
+        }
         shared2.last_inputs.lock().expect("last inputs lock").insert(group.name.clone(), (now, Arc::new(input)));
         let planner = shared2.planner.read().expect("planner lock").clone();
         let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);

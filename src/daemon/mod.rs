@@ -66,7 +66,15 @@ pub struct Shared {
     pub resume: HashMap<String, Ts>,
     /// Each group's last evaluation: its time and input, for `GET /api/v1/rules/{rule}/explain`.
     pub last_inputs: Mutex<HashMap<String, (Ts, Arc<GroupInput>)>>,
+    /// (rule, subject) pairs someone asked to explain: each later evaluation of the pair is
+    /// recorded (the last [`EXPLAIN_HISTORY`]), so the API shows the last evaluations.
+    pub explain_watch: Mutex<HashMap<(String, crate::engine::Subject), std::collections::VecDeque<crate::engine::explain::Explanation>>>,
 }
+
+/// Evaluations kept per explained (rule, subject).
+pub const EXPLAIN_HISTORY: usize = 10;
+/// Most (rule, subject) pairs recorded for explain at once (the oldest request is dropped).
+pub const EXPLAIN_WATCH_MAX: usize = 64;
 
 impl Shared {
     /// The current configuration.
@@ -109,6 +117,7 @@ impl Shared {
             reloaded: tokio::sync::watch::Sender::new(0),
             resume: last,
             last_inputs: Mutex::new(HashMap::new()),
+            explain_watch: Mutex::new(HashMap::new()),
         })
     }
 }

@@ -1,5 +1,7 @@
 //! `GET /api/v1/rules/{rule}/explain?subject=service=checkout`: why a rule does or does not
-//! fire for one subject, from the group's last evaluation (see [`crate::engine::explain`]).
+//! fire for one subject (see [`crate::engine::explain`]). The first request answers from the
+//! group's last evaluation and starts recording the pair: later requests show the last
+//! evaluations (up to [`EXPLAIN_HISTORY`](crate::daemon::EXPLAIN_HISTORY)), oldest first.
 
 use std::sync::Arc;
 
@@ -53,17 +55,36 @@ pub(super) async fn explain_rule(State(shared): State<Arc<Shared>>, Path(rule): 
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("group {:?} has not been evaluated yet", group.name)));
     };
     let config2 = config.clone();
-    let e = blocking(move || {
+    let key = (rule.clone(), subject.clone());
+    let shared2 = shared.clone();
+    let mut history: Vec<_> = blocking(move || {
         let g = &config2.rules.groups[gi];
-        let core = shared.core.lock().expect("core lock");
-        Ok(explain(g, &g.rules[ri], &subject, &input, &core.state, at))
+        let core = shared2.core.lock().expect("core lock");
+        let mut watch = shared2.explain_watch.lock().expect("explain watch lock");
+        if let Some(log) = watch.get(&key).filter(|l| !l.is_empty()) {
+            return Ok(log.iter().cloned().collect());
+        }
+        // Not recorded yet: the last evaluation now, and record from the next one on.
+        if watch.len() >= crate::daemon::EXPLAIN_WATCH_MAX {
+            if let Some(k) = watch.keys().next().cloned() {
+                watch.remove(&k);
+            }
+        }
+        let first = explain(g, &g.rules[ri], &subject, &input, &core.state, at);
+        watch.insert(key, std::collections::VecDeque::from([first.clone()]));
+        Ok(vec![first])
     })
     .await?;
-    let text = e.text();
-    let mut v = serde_json::to_value(&e).map_err(ApiError::internal)?;
-    v["at"] = rfc3339(e.at).into();
-    v["text"] = text.into();
-    Ok(Json(serde_json::json!({ "group": group.name, "rule": rule, "when": group.rules[ri].when_src, "evaluations": [v] })))
+    let evaluations: Vec<Value> = history
+        .drain(..)
+        .map(|e| {
+            let mut v = serde_json::to_value(&e).unwrap_or_default();
+            v["at"] = rfc3339(e.at).into();
+            v["text"] = e.text().into();
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "group": group.name, "rule": rule, "when": group.rules[ri].when_src, "evaluations": evaluations })))
 }
 
 #[cfg(test)]
