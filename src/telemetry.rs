@@ -88,12 +88,27 @@ fn describe_all() {
     describe_gauge!("herald_rule_group_last_duration_seconds", Unit::Seconds, "Duration of the last evaluation of a rule group.");
     describe_counter!("herald_rule_evaluations_total", "Rule group evaluations.");
     describe_counter!("herald_rule_evaluation_failures_total", "Rule group evaluations with at least one signal unavailable.");
-    describe_gauge!("herald_datasource_up", "1 when every query of the last evaluation succeeded.");
+    describe_gauge!("herald_datasource_up", "1 when every query of the group's last evaluation succeeded (0 until its first evaluation).");
     describe_histogram!("herald_datasource_query_duration_seconds", Unit::Seconds, "Duration of datasource queries.");
     describe_gauge!("herald_outbox_pending", "Notifications waiting for delivery.");
     describe_histogram!("herald_notification_delivery_seconds", Unit::Seconds, "Duration of notification delivery attempts, by receiver.");
     describe_gauge!("herald_config_last_reload_successful", "1 when the last configuration (re)load succeeded.");
     describe_gauge!("herald_build_info", "Always 1; the version is a label.");
+    describe_gauge!("herald_rule_unknown", "Subjects whose rule condition is unknown now, by rule and reason (absent, query_failed, nan, division_by_zero).");
+    describe_gauge!("herald_signal_series", "Series the signal's last query returned, by group and signal (0: a typo or a missing metric, not \"all is well\").");
+}
+
+/// A group's health series exist from start: evaluation failures at 0, the datasource down
+/// until its first evaluation succeeds, no rule unknown yet.
+pub fn register_group(group: &crate::config::Group) {
+    metrics::counter!("herald_rule_evaluation_failures_total", "group" => group.name.clone()).increment(0);
+    metrics::counter!("herald_rule_evaluations_total", "group" => group.name.clone()).increment(0);
+    metrics::gauge!("herald_datasource_up", "group" => group.name.clone()).set(0.0);
+    for r in &group.rules {
+        for reason in crate::engine::UnknownReason::ALL {
+            metrics::gauge!("herald_rule_unknown", "rule" => r.name.clone(), "reason" => reason.as_str()).set(0.0);
+        }
+    }
 }
 
 /// Series with labels known up front start at zero, so dashboards and `rate()` see them.

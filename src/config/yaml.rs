@@ -128,6 +128,16 @@ pub struct RawTest {
     pub input: Vec<RawInput>,
     #[serde(default)]
     pub expect: Vec<RawExpect>,
+    /// Times Herald is down: no evaluation in `[from, until)`, then a restart from the saved state.
+    #[serde(default)]
+    pub downtime: Vec<RawDowntime>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDowntime {
+    pub from: Spanned<String>,
+    pub until: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +164,13 @@ pub struct RawEvent {
     pub severity: Option<Spanned<String>>,
     #[serde(default)]
     pub security: Option<bool>,
+    #[serde(default)]
+    pub actor: Option<Spanned<String>>,
+    #[serde(default)]
+    pub note: Option<Spanned<String>>,
+    /// The incident by id (default: the subject's latest), as the API addresses it.
+    #[serde(default)]
+    pub incident: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +191,9 @@ pub struct RawInstance {
     pub rule: Spanned<String>,
     #[serde(default)]
     pub subject: Option<BTreeMap<String, String>>,
+    /// The instance's annotations, matched exactly (like promtool's `exp_annotations`).
+    #[serde(default)]
+    pub annotations: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 // ---------------------------------------------------------------------------------------------

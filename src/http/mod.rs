@@ -8,6 +8,7 @@
 //! Handlers never hold the `core` lock on an async worker: everything that touches the state
 //! or the store runs in `spawn_blocking` (SQLite fsyncs under that lock).
 
+mod explain;
 mod incidents;
 mod notifications;
 mod ops;
@@ -36,6 +37,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/-/reload", post(ops::reload))
         .route("/metrics", get(ops::metrics))
         .route("/api/v1/rules", get(rules::list))
+        .route("/api/v1/rules/{rule}/explain", get(explain::explain_rule))
         .route("/api/v1/incidents", get(incidents::list).post(incidents::declare))
         .route("/api/v1/incidents/{id}", get(incidents::get_one))
         .route("/api/v1/incidents/{id}/events", post(incidents::post_event))
