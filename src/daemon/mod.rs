@@ -10,6 +10,7 @@
 
 mod eval;
 mod reload;
+mod samples;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
