@@ -19,6 +19,9 @@ fn ms(v: &Value) -> Option<i64> {
     v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.timestamp_millis())
 }
 
+/// One panel: (signal, label, points, whether it is the SLI).
+type Panel<'a> = (&'a str, &'a str, Vec<(i64, f64)>, bool);
+
 fn points(samples: &Value, signal: &str) -> Vec<(i64, f64)> {
     samples["signals"][signal]
         .as_array()
@@ -34,7 +37,7 @@ fn esc(s: &str) -> String {
 
 /// The chart as an inline SVG element, or an empty string when nothing was recorded.
 pub fn render(samples: &Value, incident: &Value) -> String {
-    let panels: Vec<(&str, &str, Vec<(i64, f64)>, bool)> = [("sli", "SLI", true), ("affected_ratio", "Affected customers", false)]
+    let panels: Vec<Panel<'_>> = [("sli", "SLI", true), ("affected_ratio", "Affected customers", false)]
         .into_iter()
         .map(|(sig, label, is_sli)| (sig, label, points(samples, sig), is_sli))
         .filter(|(_, _, p, _)| !p.is_empty())
@@ -113,7 +116,7 @@ pub fn render(samples: &Value, incident: &Value) -> String {
     svg
 }
 
-fn describe(panels: &[(&str, &str, Vec<(i64, f64)>, bool)], updates: usize) -> String {
+fn describe(panels: &[Panel<'_>], updates: usize) -> String {
     let mut parts: Vec<String> = panels
         .iter()
         .map(|(_, label, p, _)| {

@@ -199,7 +199,7 @@ async fn incidents_page(State(c): Shared, headers: HeaderMap, Query(q): Query<Ha
     let mut ctx = base_ctx(&headers, &c);
     ctx.insert("open".into(), open_cards.into());
     ctx.insert("owing".into(), owing.into());
-    ctx.insert("error".into(), (!s_open.is_success()).then(|| open["error"].clone()).unwrap_or(Value::Null));
+    ctx.insert("error".into(), if s_open.is_success() { Value::Null } else { open["error"].clone() });
     let page = if q.contains_key("fragment") { "incident_list.html" } else { "incidents.html" };
     c.render(page, Value::Object(ctx))
 }
@@ -243,15 +243,15 @@ fn cross_origin(headers: &HeaderMap) -> bool {
 }
 
 /// Checks login and CSRF for a console form: the token, or the response to send instead.
-fn authorize_form(headers: &HeaderMap, form: &HashMap<String, String>, next: &str) -> Result<String, Response> {
+fn authorize_form(headers: &HeaderMap, form: &HashMap<String, String>, next: &str) -> Result<String, Box<Response>> {
     if cross_origin(headers) {
-        return Err((StatusCode::FORBIDDEN, "cross-origin form posts are refused").into_response());
+        return Err(Box::new((StatusCode::FORBIDDEN, "cross-origin form posts are refused").into_response()));
     }
     let Some(tok) = token(headers) else {
-        return Err(Redirect::to(&format!("/login?next={}&reason=act", view::urlencode(next))).into_response());
+        return Err(Box::new(Redirect::to(&format!("/login?next={}&reason=act", view::urlencode(next))).into_response()));
     };
     if form.get("csrf").map(String::as_str) != Some(csrf_for(&tok).as_str()) {
-        return Err((StatusCode::FORBIDDEN, "the form's CSRF token is missing or stale: reload the page and try again").into_response());
+        return Err(Box::new((StatusCode::FORBIDDEN, "the form's CSRF token is missing or stale: reload the page and try again").into_response()));
     }
     Ok(tok)
 }
@@ -261,7 +261,7 @@ async fn act(State(c): Shared, Path(id): Path<String>, headers: HeaderMap, Form(
     let back = format!("/incidents/{enc}");
     let tok = match authorize_form(&headers, &form, &back) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(kind) = form.get("type").filter(|t| !t.is_empty()) else {
         return Redirect::to(&format!("{back}?error={}", view::urlencode("no action was chosen"))).into_response();
@@ -289,7 +289,7 @@ async fn publish(State(c): Shared, Path((id, n)): Path<(String, String)>, header
     let back = format!("/incidents/{enc}");
     let tok = match authorize_form(&headers, &form, &back) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut body = json!({});
     if let Some(t) = form.get("text").filter(|t| !t.trim().is_empty()) {
