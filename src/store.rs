@@ -175,6 +175,16 @@ r#"
 ALTER TABLE events ADD COLUMN source TEXT NOT NULL DEFAULT 'person';
 ALTER TABLE events ADD COLUMN actor TEXT;
 ALTER TABLE events ADD COLUMN note TEXT;
+"#,
+// console: signal values recorded around incidents, for the chart.
+r#"
+CREATE TABLE samples (
+    incident_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    signal TEXT NOT NULL,
+    value REAL NOT NULL
+);
+CREATE INDEX samples_incident ON samples (incident_id, at);
 "#];
 
 /// The state database.
@@ -321,6 +331,27 @@ impl Store {
             Ok((at, serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("event: {e}")))?))
         })
         .collect()
+    }
+
+    /// Records signal values around incidents (for the console's chart): `(incident id, time,
+    /// signal, value)` rows, in one transaction.
+    pub fn record_samples(&mut self, rows: &[(&str, Ts, &str, f64)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO samples (incident_id, at, signal, value) VALUES (?1, ?2, ?3, ?4)")?;
+            for (id, at, signal, value) in rows {
+                ins.execute(params![id, at, signal, value])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The signal values recorded around an incident, oldest first: (time, signal, value).
+    pub fn samples(&self, incident_id: &str) -> Result<Vec<(Ts, String, f64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT at, signal, value FROM samples WHERE incident_id = ?1 ORDER BY at, signal")?;
+        let rows = stmt.query_map([incident_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Pending entries due at `now`, oldest first.

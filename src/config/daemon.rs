@@ -37,9 +37,19 @@ pub struct Config {
     pub maintenance_windows: Vec<MaintenanceWindow>,
     /// The API bearer token for mutating endpoints; `None` disables them.
     pub api_token: Option<String>,
+    pub console: ConsoleConfig,
     /// Rule files after glob expansion.
     pub rule_files: Vec<PathBuf>,
     pub rules: RuleSet,
+}
+
+/// `console:`: when the console shows the next public update as due.
+#[derive(Clone, Debug)]
+pub struct ConsoleConfig {
+    /// The first public update is due this long after the incident opened (default 15m).
+    pub first_update_due: Duration,
+    /// Each next update is due this long after the last one (default 30m).
+    pub update_due: Duration,
 }
 
 /// `global:`.
@@ -400,6 +410,11 @@ impl Validator<'_> {
             }
         }
 
+        let console = ConsoleConfig {
+            first_update_due: self.duration(&raw.console.first_update_due, Duration::from_secs(15 * 60)),
+            update_due: self.duration(&raw.console.update_due, Duration::from_secs(30 * 60)),
+        };
+
         // rule files
         let mut rule_files = Vec::new();
         if raw.rule_files.is_empty() {
@@ -472,6 +487,7 @@ impl Validator<'_> {
             notification,
             maintenance_windows,
             api_token,
+            console,
             rule_files,
             rules: rules?,
         })

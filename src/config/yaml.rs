@@ -217,7 +217,19 @@ pub struct ConfigFile {
     #[serde(default)]
     pub api: RawApi,
     #[serde(default)]
+    pub console: RawConsole,
+    #[serde(default)]
     pub rule_files: Vec<Spanned<String>>,
+}
+
+/// `console:` — the web console's update targets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    #[serde(default)]
+    pub first_update_due: Option<Spanned<String>>,
+    #[serde(default)]
+    pub update_due: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

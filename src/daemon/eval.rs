@@ -196,6 +196,12 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                     .map(|r| (r.name.as_str(), core.state.instances.get(&r.name).map_or(0, |m| m.values().filter(|i| i.phase == Phase::Firing).count())))
                     .collect();
                 record_metrics(group, &out, open, &firing);
+                let samples = super::samples::collect(group, &input, &core.state, now);
+                if !samples.is_empty() {
+                    if let Err(e) = core.store.record_samples(&samples) {
+                        tracing::warn!(group = %group.name, error = %e, "could not record incident samples for the console chart");
+                    }
+                }
                 (out, enqueued, true)
             }
             Err(e) => {

@@ -10,6 +10,7 @@
 
 mod eval;
 mod reload;
+mod samples;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -309,7 +309,7 @@ pub fn notification(d: &Decision, id: String, dedup_key: String, external_url: &
             id: i.id.clone(),
             status: i.status.as_str().to_string(),
             opened_at: rfc3339(i.opened_at),
-            url: Some(format!("{external_url}/api/v1/incidents/{}", i.id)),
+            url: Some(format!("{external_url}/incidents/{}", i.id)),
         }),
         starts_at: rfc3339(d.starts_at),
         ends_at: (d.status == DecisionStatus::Resolved).then(|| rfc3339(d.at)),
