@@ -94,6 +94,28 @@ fn describe_all() {
     describe_histogram!("herald_notification_delivery_seconds", Unit::Seconds, "Duration of notification delivery attempts, by receiver.");
     describe_gauge!("herald_config_last_reload_successful", "1 when the last configuration (re)load succeeded.");
     describe_gauge!("herald_build_info", "Always 1; the version is a label.");
+    describe_gauge!("herald_rule_unknown", "Subjects whose condition is unknown now, by rule and reason (absent, query_failed, nan, division_by_zero).");
+    describe_gauge!("herald_signal_series", "Series the last query of each signal returned, by group and signal.");
+    describe_counter!("herald_state_write_failures_total", "Failed writes of the state database.");
+}
+
+/// Reasons a condition is unknown: the values of `herald_rule_unknown`'s `reason` label.
+pub const UNKNOWN_REASONS: [&str; 4] = ["absent", "query_failed", "nan", "division_by_zero"];
+
+/// Registers the series whose labels come from the configuration (rules, signals), so they
+/// exist from start: `herald_rule_unknown{rule,reason}` and `herald_signal_series{group,signal}`.
+/// Adds zero, so a reload keeps the current values.
+pub fn register_config_series(config: &crate::config::Config) {
+    for g in &config.rules.groups {
+        for r in &g.rules {
+            for reason in UNKNOWN_REASONS {
+                metrics::gauge!("herald_rule_unknown", "rule" => r.name.clone(), "reason" => reason).increment(0.0);
+            }
+        }
+        for s in g.signals.iter().filter(|s| matches!(s.source, crate::config::SignalSource::Query(_))) {
+            metrics::gauge!("herald_signal_series", "group" => g.name.clone(), "signal" => s.name.clone()).increment(0.0);
+        }
+    }
 }
 
 /// Series with labels known up front start at zero, so dashboards and `rate()` see them.
@@ -102,6 +124,7 @@ fn register_known_series() {
     metrics::gauge!("herald_config_last_reload_successful").set(1.0);
     metrics::counter!("herald_update_corrections_total").absolute(0);
     metrics::counter!("herald_false_notifications_total").absolute(0);
+    metrics::counter!("herald_state_write_failures_total").absolute(0);
     for h in COMMS_HISTOGRAMS {
         let _ = metrics::histogram!(h);
     }
