@@ -103,10 +103,12 @@ fn describe_all() {
 pub const UNKNOWN_REASONS: [&str; 4] = ["absent", "query_failed", "nan", "division_by_zero"];
 
 /// Registers the series whose labels come from the configuration (rules, signals), so they
-/// exist from start: `herald_rule_unknown{rule,reason}` and `herald_signal_series{group,signal}`.
-/// Adds zero, so a reload keeps the current values.
+/// exist from start: `herald_rule_unknown{rule,reason}`, `herald_signal_series{group,signal}`
+/// and `herald_rule_evaluation_failures_total{group}`. Adds zero, so a reload keeps the
+/// current values.
 pub fn register_config_series(config: &crate::config::Config) {
     for g in &config.rules.groups {
+        metrics::counter!("herald_rule_evaluation_failures_total", "group" => g.name.clone()).increment(0);
         for r in &g.rules {
             for reason in UNKNOWN_REASONS {
                 metrics::gauge!("herald_rule_unknown", "rule" => r.name.clone(), "reason" => reason).increment(0.0);
