@@ -254,7 +254,7 @@ fn dockerfile_is_multi_stage_non_root_with_a_state_volume() {
     let uid = user.trim_start_matches("USER ").split(':').next().unwrap();
     assert!(uid != "root" && uid != "0", "{user}");
     assert!(runtime.iter().any(|l| l.starts_with("VOLUME ") && l.contains("/var/lib/herald")));
-    assert!(runtime.iter().any(|l| *l == "EXPOSE 9797"));
+    assert!(runtime.contains(&"EXPOSE 9797"));
     assert!(runtime.iter().any(|l| l.starts_with("ENTRYPOINT ") && l.contains("/usr/local/bin/herald")));
     assert_eq!(lines.last().unwrap(), &"FROM runtime", "the default target is the Herald image");
     // Every file copied from the build context exists.
