@@ -388,6 +388,9 @@ fn every_panel_returns_data_from_prometheus_scraping_herald_through_an_incident(
     });
     let id = d.get("/api/v1/incidents?open=true").json()["incidents"][0]["id"].as_str().unwrap().to_string();
     rx.wait_until(Duration::from_secs(10), |r| !r.is_empty());
+    // Prometheus has seen the counters at zero before the first update, as it would for a
+    // Herald that ran before the incident (`increase()` does not count a series' first sample).
+    prom.wait_for(r#"herald_public_updates_total{channel="status_page"} == 0"#, Duration::from_secs(30));
     let events = [
         r#"{"type": "ack"}"#,
         r#"{"type": "public_update", "channel": "status_page"}"#,
