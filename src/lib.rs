@@ -15,5 +15,6 @@ pub mod http;
 pub mod notify;
 pub mod source;
 pub mod store;
+pub mod shard;
 pub mod telemetry;
 pub mod testing;

@@ -220,6 +220,9 @@ pub struct ConfigFile {
     pub console: RawConsole,
     #[serde(default)]
     pub rule_files: Vec<Spanned<String>>,
+    /// `shard: {index, total}`: evaluate only this replica's share of the subjects.
+    #[serde(default)]
+    pub shard: Option<RawShard>,
 }
 
 /// `console:` — the web console's update targets.
@@ -396,4 +399,12 @@ pub struct RawMaintenance {
 pub struct RawApi {
     #[serde(default)]
     pub token_file: Option<Spanned<String>>,
+}
+
+/// `shard:` in `herald.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShard {
+    pub index: Spanned<u32>,
+    pub total: Spanned<u32>,
 }

@@ -93,16 +93,20 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let result = source.instant(q, now).await;
         metrics::histogram!("herald_datasource_query_duration_seconds").record(t.elapsed().as_secs_f64());
         match result.and_then(|samples| key_by_subject(&samples, &group.subject_labels)) {
-            Ok(m) => {
+            Ok(mut m) => {
                 metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(m.len() as f64);
+                // Sharding: this replica evaluates only its share of the subjects.
+                if config.shard.total > 1 {
+                    m.retain(|subject, _| config.shard.owns(subject));
+                }
                 if *cached {
                     cache.entries.insert(*slot, (now, m.clone()));
                 }
                 input.slots[*slot] = SlotValues::Series(m)
             }
             Err(e) => {
-                metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(0.0);
                 all_ok = false;
+                metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(0.0);
                 tracing::warn!(group = %group.name, signal = %name, error = %e, "signal unavailable; rules that use it are unknown");
                 report.failed_signals.push((name.to_string(), e.to_string()));
                 input.slots[*slot] = SlotValues::Unavailable(e.to_string());
