@@ -175,8 +175,9 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let group = &config2.rules.groups[gi];
         let mut core = shared2.core.lock().expect("core lock");
         let snapshot = core.state.clone();
+        let input = Arc::new(input);
         let out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
-        shared2.last_inputs.lock().expect("last inputs lock").insert(group.name.clone(), (now, Arc::new(input)));
+        shared2.last_inputs.lock().expect("last inputs lock").insert(group.name.clone(), (now, input.clone()));
         let planner = shared2.planner.read().expect("planner lock").clone();
         let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
         let incidents: Vec<_> = out.incidents.iter().map(|c| &c.incident).collect();
