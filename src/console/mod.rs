@@ -266,7 +266,7 @@ async fn act(State(c): Shared, Path(id): Path<String>, headers: HeaderMap, Form(
     let Some(kind) = form.get("type").filter(|t| !t.is_empty()) else {
         return Redirect::to(&format!("{back}?error={}", view::urlencode("no action was chosen"))).into_response();
     };
-    let mut body = json!({ "type": kind });
+    let mut body = json!({ "type": kind, "actor": "console" });
     for field in ["channel", "value"] {
         if let Some(v) = form.get(field).filter(|v| !v.is_empty()) {
             body[field] = v.clone().into();
@@ -492,9 +492,14 @@ mod render_tests {
         let mut ctx = base_ctx(&HeaderMap::new(), &c);
         ctx.insert("rule".into(), "R".into());
         ctx.insert("subject".into(), "service=checkout".into());
-        ctx.insert("explain".into(), view::explain(&json!({"state": "pending", "clauses": [{"text": "a > 1", "truth": "true"}]})));
+        ctx.insert("explain".into(), view::explain(&json!({"group": "g", "rule": "R", "when": "a > 1 and b", "evaluations": [{
+            "at": 0, "state": "pending", "unknown_reason": null, "for": {"elapsed_s": 60.0, "needed_s": 300.0},
+            "signals": [{"name": "a", "value": 2.0}, {"name": "b", "value": null, "why": "absent"}],
+            "when": {"text": "a > 1 and b", "truth": "unknown", "clauses": [{"text": "a > 1", "truth": "true"}, {"text": "b", "truth": "unknown"}]}
+        }]})));
         let (status, body) = html(c.render("explain.html", Value::Object(ctx)));
-        assert!(status == StatusCode::OK && body.contains("clauses[0].truth"), "{body}");
+        assert!(status == StatusCode::OK && body.contains("1m 00s of 5m 00s") && body.contains("no value: absent"), "{body}");
+        assert_eq!(body.matches("truth-unknown").count(), 2, "{body}");
         for (page, extra) in [("login.html", json!({"next": "/", "reason": "Sign in"})), ("message.html", json!({"title": "T", "text": "x"}))] {
             let mut ctx = base_ctx(&HeaderMap::new(), &c);
             ctx.extend(extra.as_object().unwrap().clone());

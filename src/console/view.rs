@@ -152,11 +152,12 @@ pub fn timeline(inc: &Value, notifications: &Value) -> Vec<Value> {
         let at = ms(&e["at"]).unwrap_or(0);
         let mut detail: Vec<String> = Vec::new();
         for (k, v) in e.as_object().into_iter().flatten() {
-            if !matches!(k.as_str(), "at" | "type" | "channel" | "value" | "severity") {
+            if !matches!(k.as_str(), "at" | "type" | "channel" | "value" | "severity" | "source") {
                 detail.push(format!("{k}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_string)));
             }
         }
-        items.push((at, json!({ "at": time_text(at), "kind": "event", "title": event_title(e), "detail": detail.join(" · ") })));
+        let kind = if e["source"] == "herald" { "decision" } else { "event" };
+        items.push((at, json!({ "at": time_text(at), "kind": kind, "title": event_title(e), "detail": detail.join(" · ") })));
     }
     let opened = ms(&inc["opened_at"]).unwrap_or(0);
     let end = ms(&inc["resolved_at"]).map_or(i64::MAX, |r| r + 3_600_000);
@@ -248,27 +249,54 @@ pub fn rules(v: &Value) -> Value {
     )
 }
 
-/// The explain answer as rows a page can show, whatever its exact shape: each top-level key,
-/// with nested values flattened to `path: value` lines.
+/// The explain answer (`GET /api/v1/rules/{rule}/explain`) as a page shows it: per evaluation,
+/// the instance state, `for` / `keep_firing_for` progress, each signal's value or why it has
+/// none, and the condition's clauses (flattened with their depth) with their truth.
 pub fn explain(v: &Value) -> Value {
-    fn flatten(prefix: &str, v: &Value, out: &mut Vec<Value>) {
-        match v {
-            Value::Object(m) => {
-                for (k, x) in m {
-                    flatten(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, x, out);
-                }
-            }
-            Value::Array(a) => {
-                for (i, x) in a.iter().enumerate() {
-                    flatten(&format!("{prefix}[{i}]"), x, out);
-                }
-            }
-            other => out.push(json!({ "key": prefix, "value": other.as_str().map_or_else(|| other.to_string(), str::to_string) })),
+    fn clauses(c: &Value, depth: usize, out: &mut Vec<Value>) {
+        if c.is_null() {
+            return;
+        }
+        out.push(json!({ "text": c["text"], "truth": c["truth"], "indent": depth * 2 }));
+        for sub in c["clauses"].as_array().into_iter().flatten() {
+            clauses(sub, depth + 1, out);
         }
     }
-    let mut rows = Vec::new();
-    flatten("", v, &mut rows);
-    Value::Array(rows)
+    let progress = |p: &Value| {
+        p.as_object().map(|_| {
+            let (e, n) = (p["elapsed_s"].as_f64().unwrap_or(0.0), p["needed_s"].as_f64().unwrap_or(0.0));
+            format!("{} of {}", duration_text((e * 1000.0) as i64), duration_text((n * 1000.0) as i64))
+        })
+    };
+    let evals: Vec<Value> = v["evaluations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let mut rows = Vec::new();
+            clauses(&e["when"], 0, &mut rows);
+            let signals: Vec<Value> = e["signals"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| json!({ "name": s["name"], "value": s["value"].as_f64().map(|x| format!("{x}")), "why": s["why"] }))
+                .collect();
+            let incident = e["incident"].as_object().map(|_| {
+                json!({ "id": e["incident"]["id"], "status": e["incident"]["status"], "resolve_after": progress(&e["incident"]["resolve_after"]), "by_person": e["incident"]["status_by_person"] })
+            });
+            json!({
+                "at": e["at"].as_i64().map(time_text),
+                "state": e["state"],
+                "unknown_reason": e["unknown_reason"],
+                "for": progress(&e["for"]),
+                "keep_firing_for": progress(&e["keep_firing_for"]),
+                "signals": signals,
+                "clauses": rows,
+                "incident": incident,
+            })
+        })
+        .collect();
+    json!({ "when": v["when"], "group": v["group"], "evaluations": evals })
 }
 
 #[cfg(test)]
