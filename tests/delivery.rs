@@ -556,6 +556,43 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn a_huge_retry_after_is_capped_not_a_tight_loop() {
+    // u64::MAX seconds used to overflow into a negative delay: the entry was due again at once.
+    let srv = Server::start(vec![Reply {
+        status: 503,
+        retry_after: Some("18446744073709551615".into()),
+        delay: Duration::ZERO,
+    }])
+    .await;
+    let e = env(
+        &hook_yaml("hook-huge-ra", &srv.url("/ra"), ""),
+        &["hook-huge-ra"],
+        "  group_wait: 1s",
+        false,
+    );
+    let planned = enqueue(
+        &e.shared,
+        &[decision("Page", DecisionStatus::Firing, "checkout", None, &["hook-huge-ra"])],
+    );
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("the first try to be recorded", Duration::from_secs(10), || {
+        entry(&e.shared, &planned[0].id).attempts == 1
+    })
+    .await;
+    // Several worker passes (max_idle is 200ms) must not try again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop(&e.shared, h).await;
+    assert_eq!(srv.requests().len(), 1, "no tight retry loop");
+    let pending = entry(&e.shared, &planned[0].id);
+    assert_eq!(pending.state, OutboxState::Pending);
+    let wait = pending.not_before - now_ms();
+    assert!(
+        (50 * 60_000..=60 * 60_000).contains(&wait),
+        "next try in {wait} ms: capped at one hour"
+    );
+}
+
+#[tokio::test]
 async fn a_timeout_is_retried() {
     let srv = Server::start(vec![Reply {
         status: 200,

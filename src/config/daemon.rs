@@ -432,6 +432,7 @@ impl Validator<'_> {
 
         // cross-checks
         if let Some(rules) = &rules {
+            self.receiver_templates(&raw.receivers, rules, &external_url);
             let names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
             for g in &rules.groups {
                 for r in &g.rules {
@@ -475,6 +476,27 @@ impl Validator<'_> {
             rule_files,
             rules: rules?,
         })
+    }
+
+    /// Renders every receiver `title`/`text` template against sample notifications of the
+    /// rules that notify it (templates that do not compile were reported already).
+    fn receiver_templates(&mut self, raw: &[RawReceiver], rules: &RuleSet, external_url: &str) {
+        for r in raw {
+            if r.title.is_none() && r.text.is_none() {
+                continue;
+            }
+            let (title, text) = (r.title.as_ref().map(|t| t.value.as_str()), r.text.as_ref().map(|t| t.value.as_str()));
+            if crate::notify::Templates::with_overrides(title, text).is_err() {
+                continue;
+            }
+            let notifying = rules.groups.iter().flat_map(|g| g.rules.iter().map(move |rule| (g, rule))).filter(|(_, rule)| rule.notify.contains(&r.name.value));
+            for (which, message) in crate::notify::template::check_receiver_templates(title, text, notifying, external_url) {
+                let at = if which == "title" { r.title.as_ref() } else { r.text.as_ref() };
+                if let Some(at) = at.or(r.title.as_ref()).or(r.text.as_ref()) {
+                    self.err(at, format!("receiver {:?}: {which} template {message}", r.name.value));
+                }
+            }
+        }
     }
 
     fn timezone(&mut self, tz: &Spanned<String>) -> chrono_tz::Tz {
@@ -649,6 +671,12 @@ impl Validator<'_> {
                     match r.kind.value.as_str() {
                         "webhook" => {
                             let secret = self.secret(&r.secret, &r.secret_file, "secret");
+                            if let (Some(value), Some(at)) = (&secret, r.secret.as_ref().or(r.secret_file.as_ref())) {
+                                // Never echo the secret: the decoder's message names a position only.
+                                if let Err(e) = crate::notify::WebhookSecret::new(value) {
+                                    self.err(at, format!("unusable webhook secret: {e}"));
+                                }
+                            }
                             ReceiverKind::Webhook { url: u, secret }
                         }
                         "slack" => ReceiverKind::Slack { url: u },

@@ -11,9 +11,12 @@
 //! * **At least once**: entries live in SQLite; an entry is marked `sent` only after a 2xx.
 //!   A crash between commit and delivery leaves it pending (or leased: due again once the lease
 //!   — the receiver timeout plus a margin — runs out), so the next run delivers it. Receivers
-//!   deduplicate on the notification id (`webhook-id`) and the dedup key.
+//!   deduplicate on the notification id (`webhook-id`) and the dedup key. The window between
+//!   a receiver's 2xx and the `sent` mark is not atomic: a crash inside it re-delivers the
+//!   entry (same id) on the next run. Exactly once is the receiver's dedup, not Herald's.
 //! * **Retries**: exponential backoff with full jitter (base 1s, cap 5min by default), or the
-//!   receiver's `Retry-After` when larger; the entry stays `pending` with a new `not_before`
+//!   receiver's `Retry-After` when larger (capped at
+//!   [`MAX_RETRY_AFTER`](crate::notify::transport::MAX_RETRY_AFTER), 1h); the entry stays `pending` with a new `not_before`
 //!   and `attempts + 1`. It becomes `failed` on a permanent answer (`last_error` says why) or
 //!   when the next try would be past its `deadline` (`max_retry_duration`, 24h by default).
 //! * **Dry-run**: every receiver gets the in-memory [`Recorder`] (entries end `dry_run`),
@@ -492,7 +495,7 @@ impl Worker {
                         Mark { id: e.id.clone(), state: OutboxState::Failed, attempts, not_before: e.not_before, error: Some(msg.clone()), delivered_at: None }
                     }
                     Outcome::Retry { error, .. } => {
-                        let next = now + delay.as_millis() as Ts;
+                        let next = now.saturating_add(Ts::try_from(delay.as_millis()).unwrap_or(Ts::MAX));
                         if next > e.deadline {
                             let msg = format!("gave up after {attempts} attempts (retry deadline passed): {error}");
                             tracing::error!(receiver = %name, id = %e.id, status = %status_text, error = %msg, "notification failed");
