@@ -1257,3 +1257,85 @@ async fn the_log_receiver_writes_the_message_and_counts_it_sent() {
     );
     assert_eq!(notifications_total("log-only", "sent"), 1.0);
 }
+
+#[tokio::test]
+async fn huge_labels_and_annotations_stay_within_each_receivers_limits() {
+    let pd = Server::start(vec![]).await;
+    let slack = Server::start(vec![]).await;
+    let teams = Server::start(vec![]).await;
+    let receivers = format!(
+        "  - name: big-pd\n    type: pagerduty\n    url: {}\n    routing_key: R0UTINGKEY\n  - name: big-slack\n    type: slack\n    url: {}\n  - name: big-teams\n    type: teams\n    url: {}\n",
+        pd.url("/v2/enqueue"),
+        slack.url("/services/T/B/X"),
+        teams.url("/workflows/run")
+    );
+    let names = ["big-pd", "big-slack", "big-teams"];
+    let e = env(&receivers, &names, "  group_wait: 1s", false);
+    let huge = "<checkout & \"friends\">€".repeat(2_000);
+    let mut d = decision("Page", DecisionStatus::Firing, "x", Some(("INC-9", 1_699_999_000_000)), &names);
+    d.subject = Subject::new([("service", huge.as_str()), ("region", huge.as_str())]);
+    d.labels.insert("team".into(), huge.clone());
+    d.annotations.insert("summary".into(), huge.clone());
+    d.annotations.insert("description".into(), huge.repeat(3));
+    let planned = enqueue(&e.shared, &[d]);
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("deliveries", Duration::from_secs(10), || {
+        planned.iter().all(|p| entry(&e.shared, &p.id).state == OutboxState::Sent)
+    })
+    .await;
+    stop(&e.shared, h).await;
+
+    let chars = |v: &serde_json::Value| v.as_str().unwrap().chars().count();
+    let body = slack.requests()[0].json();
+    assert!(chars(&body["text"]) <= 3000);
+    for b in body["blocks"].as_array().unwrap() {
+        let texts: Vec<&serde_json::Value> = match b["type"].as_str().unwrap() {
+            "context" => b["elements"].as_array().unwrap().iter().map(|e| &e["text"]).collect(),
+            _ => vec![&b["text"]["text"]],
+        };
+        for t in texts {
+            assert!(chars(t) <= 3000, "a Slack text object has {} characters", chars(t));
+        }
+    }
+    assert!(chars(&body["blocks"][0]["text"]["text"]) <= 150);
+    let context = body["blocks"].as_array().unwrap().last().unwrap()["elements"][0]["text"].as_str().unwrap();
+    assert!(context.starts_with("*critical* · firing · Page · "), "{}", &context[..80]);
+
+    let teams_bytes = teams.requests()[0].body.len();
+    assert!(teams_bytes <= 28_672, "Teams message is {teams_bytes} bytes");
+    let card = teams.requests()[0].json();
+    assert_eq!(card["attachments"][0]["content"]["type"], "AdaptiveCard");
+
+    let event = pd.requests()[0].json();
+    assert!(chars(&event["payload"]["summary"]) <= 1024);
+    assert!(chars(&event["payload"]["source"]) <= 255);
+    assert!(chars(&event["payload"]["group"]) <= 255);
+    assert!(pd.requests()[0].body.len() <= 512 * 1024);
+    assert_eq!(event["dedup_key"], "INC-9/Page");
+}
+
+#[tokio::test]
+async fn a_receiver_template_failing_at_send_time_sends_the_default_message() {
+    // `values.sli` renders in `check` (the sample has every signal) but a decision whose signal
+    // has no value cannot render it: the default title goes out instead of a permanent failure.
+    let slack = Server::start(vec![]).await;
+    let receivers = format!(
+        "  - name: tmpl-slack\n    type: slack\n    url: {}\n    title: \"{{{{ subject.service }}}} SLI {{{{ values.sli | percent }}}}\"\n",
+        slack.url("/services/T/B/X")
+    );
+    let e = env(&receivers, &["tmpl-slack"], "  group_wait: 1s", false);
+    let ok = decision("Page", DecisionStatus::Firing, "search", None, &["tmpl-slack"]);
+    let mut no_value = decision("Page", DecisionStatus::Firing, "checkout", None, &["tmpl-slack"]);
+    no_value.values.clear();
+    let planned = enqueue(&e.shared, &[ok, no_value]);
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("deliveries", Duration::from_secs(10), || {
+        planned.iter().all(|p| entry(&e.shared, &p.id).state == OutboxState::Sent)
+    })
+    .await;
+    stop(&e.shared, h).await;
+    let mut titles: Vec<String> = slack.requests().iter().map(|r| r.json()["text"].as_str().unwrap().to_string()).collect();
+    titles.sort();
+    assert_eq!(titles, vec!["checkout: Page says customers are affected".to_string(), "search SLI 50%".to_string()]);
+    assert_eq!(notifications_total("tmpl-slack", "failed"), 0.0);
+}
