@@ -214,6 +214,11 @@ fn fast_tuning() -> DeliveryTuning {
 }
 
 fn write_config(dir: &Path, receivers: &str, names: &[&str], notification: &str) -> Config {
+    write_config_with(dir, receivers, names, notification, "  external_url: http://herald.test\n")
+}
+
+/// `global` holds extra `global:` lines (it must give `external_url`).
+fn write_config_with(dir: &Path, receivers: &str, names: &[&str], notification: &str, global: &str) -> Config {
     metrics(); // installed before any worker records
     std::fs::write(
         dir.join("rules.yaml"),
@@ -221,7 +226,7 @@ fn write_config(dir: &Path, receivers: &str, names: &[&str], notification: &str)
     )
     .unwrap();
     let yaml = format!(
-        "global:\n  evaluation_interval: 30s\n  state_dir: {}\n  external_url: http://herald.test\nreceivers:\n{receivers}\nnotification:\n{notification}\nrule_files: [rules.yaml]\n",
+        "global:\n  evaluation_interval: 30s\n  state_dir: {}\n{global}receivers:\n{receivers}\nnotification:\n{notification}\nrule_files: [rules.yaml]\n",
         dir.join("data").display()
     );
     std::fs::write(dir.join("herald.yaml"), yaml).unwrap();
@@ -232,9 +237,14 @@ fn write_config(dir: &Path, receivers: &str, names: &[&str], notification: &str)
 }
 
 fn env(receivers: &str, names: &[&str], notification: &str, dry_run: bool) -> Env {
+    env_with(receivers, names, notification, dry_run, "  external_url: http://herald.test\n")
+}
+
+/// [`env`] with extra `global:` lines (which must give `external_url`).
+fn env_with(receivers: &str, names: &[&str], notification: &str, dry_run: bool, global: &str) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let config = write_config(&dir, receivers, names, notification);
+    let config = write_config_with(&dir, receivers, names, notification, global);
     let store = Store::open_dir(&config.global.state_dir).unwrap();
     let shared = Arc::new(Shared::new(config, store, RunOptions { dry_run, ..Default::default() }).unwrap());
     Env {
@@ -1338,4 +1348,51 @@ async fn a_receiver_template_failing_at_send_time_sends_the_default_message() {
     titles.sort();
     assert_eq!(titles, vec!["checkout: Page says customers are affected".to_string(), "search SLI 50%".to_string()]);
     assert_eq!(notifications_total("tmpl-slack", "failed"), 0.0);
+}
+
+#[tokio::test]
+async fn secrets_jwts_and_aws_keys_are_redacted_but_heralds_own_links_work() {
+    let slack = Server::start(vec![]).await;
+    let pd = Server::start(vec![]).await;
+    let receivers = format!(
+        "  - name: leak-slack\n    type: slack\n    url: {}\n  - name: leak-pd\n    type: pagerduty\n    url: {}\n    routing_key: R0UTINGKEY0123456789\n",
+        slack.url("/services/T0/B0/slacktoken42"),
+        pd.url("/v2/enqueue")
+    );
+    let names = ["leak-slack", "leak-pd"];
+    // Herald reached by IP: its links must survive the IP detector.
+    let e = env_with(&receivers, &names, "  group_wait: 1s", false, "  external_url: http://10.1.2.3:9797\n");
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvcHMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    let mut d = decision("Page", DecisionStatus::Firing, "checkout", Some(("INC-4", 1_699_999_000_000)), &names);
+    d.annotations.insert(
+        "description".into(),
+        format!(
+            "token {jwt}; aws wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY; pd R0UTINGKEY0123456789; hook {}; host 10.9.9.9",
+            slack.url("/services/T0/B0/slacktoken42")
+        ),
+    );
+    let planned = enqueue(&e.shared, &[d]);
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("deliveries", Duration::from_secs(10), || {
+        planned.iter().all(|p| entry(&e.shared, &p.id).state == OutboxState::Sent)
+    })
+    .await;
+    stop(&e.shared, h).await;
+    let slack_body = String::from_utf8(slack.requests()[0].body.clone()).unwrap();
+    let pd_body = String::from_utf8(pd.requests()[0].body.clone()).unwrap();
+    for (name, body) in [("slack", &slack_body), ("pagerduty", &pd_body)] {
+        assert!(!body.contains(jwt), "{name}: {body}");
+        assert!(!body.contains("wJalrXUtnFEMI"), "{name}: {body}");
+        assert!(!body.contains("slacktoken42"), "{name}: {body}");
+        assert!(!body.contains("10.9.9.9"), "{name}: {body}");
+        assert!(body.contains("[redacted:jwt]"), "{name}: {body}");
+        assert!(body.contains("[redacted:api_key]"), "{name}: {body}");
+        assert!(body.contains("[redacted:secret]"), "{name}: {body}");
+    }
+    // The routing key goes where it belongs (the PagerDuty routing_key field) and nowhere else.
+    assert_eq!(pd_body.matches("R0UTINGKEY0123456789").count(), 1, "{pd_body}");
+    assert!(!slack_body.contains("R0UTINGKEY0123456789"), "{slack_body}");
+    // Herald's own incident link is intact, in the text and in the link.
+    assert!(slack_body.contains("<http://10.1.2.3:9797/api/v1/incidents/INC-4|Open incident INC-4>"), "{slack_body}");
+    assert!(slack_body.contains("Incident INC-4 (investigating): http://10.1.2.3:9797/api/v1/incidents/INC-4"), "{slack_body}");
 }

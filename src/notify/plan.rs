@@ -65,6 +65,8 @@ impl Planner {
         let scrubber = Scrubber::new(&ScrubConfig {
             extra_patterns: config.notification.scrub_patterns.clone(),
             allow: config.notification.scrub_allow.clone(),
+            secrets: configured_secrets(config),
+            exempt: vec![config.global.external_url.clone()],
         })?;
         Ok(Planner { scrubber })
     }
@@ -138,6 +140,54 @@ impl Planner {
         }
         out
     }
+}
+
+/// Every secret value of a configuration, for the content filter: webhook secrets, routing
+/// keys, Slack and Teams URLs (their path is the credential), the Prometheus password and bearer
+/// token, ticket-source tokens, the API token, and header values whose name says they carry a
+/// credential (`Authorization`, `*token*`, `*key*`, `*secret*`, `*auth*`, `*password*`,
+/// `Cookie`).
+pub fn configured_secrets(config: &Config) -> Vec<String> {
+    use crate::config::daemon::{Auth, ReceiverKind, TicketKind};
+    fn credential_headers(h: &[(String, String)], out: &mut Vec<String>) {
+        for (k, v) in h {
+            let k = k.to_ascii_lowercase();
+            if ["auth", "token", "key", "secret", "password", "cookie"].iter().any(|w| k.contains(w)) {
+                // `Bearer xyz` / `Basic xyz`: the credential is the last word.
+                out.push(v.clone());
+                if let Some((_, cred)) = v.rsplit_once(' ') {
+                    out.push(cred.to_owned());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for r in &config.receivers {
+        match &r.kind {
+            ReceiverKind::Webhook { secret: Some(s), .. } => out.push(s.clone()),
+            ReceiverKind::Slack { url } | ReceiverKind::Teams { url } => out.push(url.clone()),
+            ReceiverKind::PagerDuty { routing_key, .. } => out.push(routing_key.clone()),
+            _ => {}
+        }
+        credential_headers(&r.headers, &mut out);
+    }
+    if let Some(p) = &config.prometheus {
+        match &p.auth {
+            Auth::Basic { password, .. } => out.push(password.clone()),
+            Auth::Bearer(t) => out.push(t.clone()),
+            Auth::None => {}
+        }
+        credential_headers(&p.headers, &mut out);
+    }
+    for t in &config.ticket_sources {
+        match &t.kind {
+            TicketKind::Zendesk { token, .. } => out.push(token.clone()),
+            TicketKind::HttpJson { headers, .. } => credential_headers(headers, &mut out),
+            TicketKind::Prometheus { .. } => {}
+        }
+    }
+    out.extend(config.api_token.clone());
+    out
 }
 
 impl Planner {
