@@ -1,6 +1,7 @@
-//! `herald check` on receivers, through the real binary: message templates are rendered
-//! against sample decisions (with the same filters as rule annotations), and webhook secrets
-//! are decoded, each problem reported at its location.
+//! `herald check` on receivers and retention, through the real binary: message templates are
+//! rendered against sample decisions (with the same filters as rule annotations), webhook
+//! secrets are decoded, and `global.retention` is bounded, each problem reported at its
+//! location.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -90,4 +91,25 @@ fn whsec_secrets_decode_with_or_without_padding_and_bad_ones_are_located() {
     let err = stderr(&out);
     assert!(err.contains("herald.yaml:5:18: unusable webhook secret: webhook secret starts with \"whsec_\" but the rest is not valid base64"), "{err}");
     assert!(!err.contains("not*base64"), "the secret is never echoed: {err}");
+}
+
+fn check_config(dir: &Path, yaml: &str) -> Output {
+    std::fs::write(dir.join("r.yaml"), RULES).unwrap();
+    let cfg = dir.join("herald.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_herald")).args(["check", "--config", cfg.to_str().unwrap()]).output().unwrap()
+}
+
+#[test]
+fn retention_is_bounded_by_the_repeat_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "receivers:\n  - name: chat\n    type: log\nrule_files: [r.yaml]\n";
+    let out = check_config(dir.path(), &format!("global:\n  retention: 90d\n{base}"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = check_config(dir.path(), &format!("global:\n  retention: 2h\n{base}"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("herald.yaml:2:14: retention (2h) must be at least notification.repeat_interval (4h)"), "{}", stderr(&out));
+    let out = check_config(dir.path(), &format!("global:\n  retention: 10m\n{base}"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("herald.yaml:2:14: retention must be at least 1h"), "{}", stderr(&out));
 }

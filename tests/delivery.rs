@@ -1396,3 +1396,52 @@ async fn secrets_jwts_and_aws_keys_are_redacted_but_heralds_own_links_work() {
     assert!(slack_body.contains("<http://10.1.2.3:9797/api/v1/incidents/INC-4|Open incident INC-4>"), "{slack_body}");
     assert!(slack_body.contains("Incident INC-4 (investigating): http://10.1.2.3:9797/api/v1/incidents/INC-4"), "{slack_body}");
 }
+
+#[tokio::test]
+async fn the_worker_prunes_finished_entries_older_than_the_retention() {
+    let srv = Server::start(vec![]).await;
+    let e = env_with(
+        &hook_yaml("hook-ret", &srv.url("/hook"), ""),
+        &["hook-ret"],
+        "  group_wait: 1s\n  repeat_interval: 1h",
+        false,
+        "  external_url: http://herald.test\n  retention: 2h\n",
+    );
+    let now = now_ms();
+    let old = now - 3 * 3_600_000;
+    let mk = |id: &str, at: Ts| OutboxEntry {
+        id: id.into(),
+        dedup_key: format!("k/{id}"),
+        receiver: "hook-ret".into(),
+        rule: "Page".into(),
+        subject: "{service=\"checkout\"}".into(),
+        status: "firing".into(),
+        payload: "{}".into(),
+        created_at: at,
+        not_before: at,
+        deadline: at + 86_400_000,
+        attempts: 0,
+        state: OutboxState::Sent,
+        last_error: None,
+        delivered_at: Some(at),
+    };
+    {
+        let mut core = e.shared.core.lock().unwrap();
+        let core = &mut *core;
+        let mut failed = mk("old-failed", old);
+        failed.state = OutboxState::Failed;
+        core.store
+            .commit(&core.state, &Commit { outbox: vec![mk("old-sent", old), failed, mk("recent-sent", now - 60_000)], ..Default::default() })
+            .unwrap();
+    }
+    let (w, h) = start(&e.shared, fast_tuning());
+    wait_for("the retention pass", Duration::from_secs(10), || {
+        !entries(&e.shared).iter().any(|x| x.id.starts_with("old-"))
+    })
+    .await;
+    // Whatever is new is kept, and a further pass finds nothing to do.
+    let left: Vec<String> = entries(&e.shared).into_iter().map(|x| x.id).collect();
+    assert_eq!(left, vec!["recent-sent".to_string()]);
+    assert_eq!(w.prune_pass().await.unwrap(), herald::store::Pruned::default());
+    stop(&e.shared, h).await;
+}

@@ -54,7 +54,15 @@ pub struct Global {
     /// Base URL for incident links (default `http://<listen>`).
     pub external_url: String,
     pub timezone: chrono_tz::Tz,
+    /// How long finished outbox entries (sent, failed, suppressed, dry-run) and resolved
+    /// incidents with their events are kept before they are pruned (default 30d).
+    pub retention: Duration,
 }
+
+/// The default of `global.retention`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest `global.retention` accepted.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 /// `prometheus:`.
 #[derive(Clone, Debug)]
@@ -387,11 +395,18 @@ impl Validator<'_> {
             Some(tz) => self.timezone(tz),
             None => chrono_tz::UTC,
         };
+        let retention = self.duration(&g.retention, DEFAULT_RETENTION);
+        if let Some(r) = g.retention.as_ref().filter(|_| retention < MIN_RETENTION) {
+            self.err(r, "retention must be at least 1h (it bounds how long sent notifications and resolved incidents are kept)");
+        }
 
         let prometheus = raw.prometheus.as_ref().map(|p| self.prometheus(p));
         let ticket_sources = self.ticket_sources(&raw.ticket_sources);
         let receivers = self.receivers(&raw.receivers);
         let notification = self.notification(&raw.notification);
+        if let Some(r) = g.retention.as_ref().filter(|_| retention >= MIN_RETENTION && retention < notification.repeat_interval) {
+            self.err(r, format!("retention ({}) must be at least notification.repeat_interval ({}): repeats are timed from the last sent notification", r.value, super::PromDuration(notification.repeat_interval)));
+        }
         let maintenance_windows = self.maintenance(&raw.maintenance_windows);
         let api_token = raw.api.token_file.as_ref().and_then(|f| self.read_secret(f));
         if let (Some(f), Some(t)) = (&raw.api.token_file, &api_token) {
@@ -466,7 +481,7 @@ impl Validator<'_> {
         }
         Some(Config {
             path: path.to_path_buf(),
-            global: Global { evaluation_interval, listen, state_dir, external_url, timezone },
+            global: Global { evaluation_interval, listen, state_dir, external_url, timezone, retention },
             prometheus,
             ticket_sources,
             receivers,

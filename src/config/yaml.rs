@@ -213,6 +213,9 @@ pub struct RawGlobal {
     pub external_url: Option<Spanned<String>>,
     #[serde(default)]
     pub timezone: Option<Spanned<String>>,
+    /// How long delivered/failed notifications and resolved incidents are kept (default 30d).
+    #[serde(default)]
+    pub retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 //! The delivery worker: takes due outbox entries and delivers them.
 //!
-//! Loop (until shutdown): run the repeat pass every [`DeliveryTuning::repeat_every`]; read the
+//! Loop (until shutdown): run the retention pass every [`DeliveryTuning::prune_every`] (at
+//! start first); run the repeat pass every [`DeliveryTuning::repeat_every`]; read the
 //! due entries under the `core` lock (briefly, off the async runtime) and lease them
 //! ([`Store::claim`](crate::store::Store::claim)) so they are not picked up twice; deliver each
 //! job in its own task, at most `concurrency` at a time per receiver (a semaphore per
@@ -62,6 +63,10 @@ pub struct DeliveryTuning {
     pub lease_margin: Duration,
     /// Longest sleep between passes (default 30s).
     pub max_idle: Duration,
+    /// How often the retention pass runs (default 1h; the first pass runs at start).
+    pub prune_every: Duration,
+    /// Rows removed per retention transaction (default 500), so the core lock is held briefly.
+    pub prune_batch: usize,
 }
 
 impl Default for DeliveryTuning {
@@ -73,6 +78,8 @@ impl Default for DeliveryTuning {
             repeat_every: Duration::from_secs(30),
             lease_margin: Duration::from_secs(5),
             max_idle: Duration::from_secs(30),
+            prune_every: Duration::from_secs(3600),
+            prune_batch: 500,
         }
     }
 }
@@ -158,9 +165,16 @@ impl Worker {
     pub async fn run(self: Arc<Self>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut next_repeat = tokio::time::Instant::now();
+        let mut next_prune = tokio::time::Instant::now();
         loop {
             if self.shared.shutdown.is_cancelled() {
                 break;
+            }
+            if tokio::time::Instant::now() >= next_prune {
+                if let Err(e) = self.prune_pass().await {
+                    tracing::error!(error = %e, "retention pass failed");
+                }
+                next_prune = tokio::time::Instant::now() + self.tuning.prune_every;
             }
             if tokio::time::Instant::now() >= next_repeat {
                 if let Err(e) = self.repeat_pass().await {
@@ -233,6 +247,34 @@ impl Worker {
             self.shared.outbox_wake.notify_one();
         }
         Ok(n)
+    }
+
+    /// One retention pass (`global.retention`): prunes finished outbox entries and resolved
+    /// incidents (with their events) older than the retention, in batches that each take the
+    /// core lock briefly. Returns what was removed.
+    pub async fn prune_pass(&self) -> Result<crate::store::Pruned, crate::store::StoreError> {
+        let shared = self.shared.clone();
+        let batch = self.tuning.prune_batch.max(1);
+        tokio::task::spawn_blocking(move || {
+            let retention = shared.config().global.retention;
+            let cutoff = now_ms().saturating_sub(Ts::try_from(retention.as_millis()).unwrap_or(Ts::MAX));
+            let mut total = crate::store::Pruned::default();
+            loop {
+                let p = shared.core.lock().expect("core lock").store.prune(cutoff, batch)?;
+                total.outbox += p.outbox;
+                total.incidents += p.incidents;
+                total.events += p.events;
+                if p.outbox < batch && p.incidents < batch || shared.shutdown.is_cancelled() {
+                    break;
+                }
+            }
+            if total != crate::store::Pruned::default() {
+                tracing::info!(outbox = total.outbox, incidents = total.incidents, events = total.events, retention = %crate::config::PromDuration(retention), "pruned state older than the retention");
+            }
+            Ok(total)
+        })
+        .await
+        .expect("retention pass panicked")
     }
 
     /// Leases the due entries and spawns their deliveries into `tasks`. Returns the next
