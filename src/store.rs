@@ -178,6 +178,7 @@ const Q_LAST_DELIVERED: &str = "WHERE subject = ?1 AND receiver = ?2 AND state I
 const Q_PENDING_FOR: &str = "WHERE subject = ?1 AND receiver = ?2 AND state = 'pending' ORDER BY created_at";
 const Q_EVENTS: &str = "SELECT at, data FROM events WHERE incident_id = ?1 ORDER BY seq";
 const Q_DELETE_INSTANCES: &str = "DELETE FROM instances WHERE rule = ?1";
+const Q_ANY_PRUNABLE_OUTBOX: &str = "SELECT 1 FROM outbox WHERE state = ?1 AND not_before < ?2 LIMIT 1";
 const Q_PRUNE_OUTBOX: &str = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = ?1 AND not_before < ?2 LIMIT ?3)";
 /// Resolved incidents older than the cutoff, except each subject's latest (the engine's state
 /// refers to it, and it keeps the incident id sequence).
@@ -389,6 +390,15 @@ impl Store {
     /// subject's latest incident. Pending entries are never pruned. Call it until it returns
     /// less than `batch` of everything (each batch is one short transaction).
     pub fn prune(&mut self, cutoff: Ts, batch: usize) -> Result<Pruned, StoreError> {
+        // Reads first: most passes find nothing, and then take no write lock and no fsync.
+        let mut any = false;
+        for state in FINISHED {
+            any |= self.conn.prepare_cached(Q_ANY_PRUNABLE_OUTBOX)?.exists(params![state.as_str(), cutoff])?;
+        }
+        any |= self.conn.prepare_cached(Q_PRUNABLE_INCIDENTS)?.exists(params![cutoff, 1])?;
+        if !any {
+            return Ok(Pruned::default());
+        }
         let tx = self.conn.transaction()?;
         let mut pruned = Pruned::default();
         {
@@ -608,6 +618,7 @@ mod tests {
             ("plan: last for dedup key", outbox(Q_LAST_FOR)),
             ("commit: replace a rule's instances", Q_DELETE_INSTANCES.into()),
             ("api: an incident's events", Q_EVENTS.into()),
+            ("retention: anything to prune?", Q_ANY_PRUNABLE_OUTBOX.into()),
             ("retention: finished outbox entries", Q_PRUNE_OUTBOX.into()),
             ("retention: resolved incidents", Q_PRUNABLE_INCIDENTS.into()),
             ("retention: their events", Q_DELETE_EVENTS.into()),

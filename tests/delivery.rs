@@ -1434,7 +1434,7 @@ async fn the_worker_prunes_finished_entries_older_than_the_retention() {
             .commit(&core.state, &Commit { outbox: vec![mk("old-sent", old), failed, mk("recent-sent", now - 60_000)], ..Default::default() })
             .unwrap();
     }
-    let (w, h) = start(&e.shared, fast_tuning());
+    let (w, h) = start(&e.shared, DeliveryTuning { prune_first_after: Duration::ZERO, ..fast_tuning() });
     wait_for("the retention pass", Duration::from_secs(10), || {
         !entries(&e.shared).iter().any(|x| x.id.starts_with("old-"))
     })

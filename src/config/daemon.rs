@@ -170,6 +170,9 @@ pub struct NotificationDefaults {
     pub scrub_patterns: Vec<String>,
     /// Strings or regexes never redacted.
     pub scrub_allow: Vec<String>,
+    /// `scrub.labels`: subject and label values are scrubbed wherever they leave Herald (logs,
+    /// `/metrics`, the API, the outbox); default true.
+    pub scrub_labels: bool,
 }
 
 /// A label matcher (Alertmanager syntax).
@@ -766,6 +769,7 @@ impl Validator<'_> {
             max_retry_duration: self.duration(&n.max_retry_duration, Duration::from_secs(24 * 3600)),
             scrub_patterns: n.scrub.extra_patterns.iter().map(|s| s.value.clone()).collect(),
             scrub_allow: n.scrub.allow.iter().map(|s| s.value.clone()).collect(),
+            scrub_labels: n.scrub.labels.unwrap_or(true),
         }
     }
 

@@ -347,6 +347,9 @@ pub struct RawScrub {
     pub extra_patterns: Vec<Spanned<String>>,
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    /// Scrub subject and label values wherever they leave Herald (default true).
+    #[serde(default)]
+    pub labels: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

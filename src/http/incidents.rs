@@ -41,12 +41,13 @@ pub const EVENT_TYPES: [&str; 12] = [
 /// Most incidents one listing returns (`?limit=` may lower it).
 const MAX_LIST: usize = 1000;
 
-/// An incident as the API shows it: times in RFC 3339.
-pub fn incident_json(i: &Incident) -> Value {
+/// An incident as the API shows it: times in RFC 3339, subject label values scrubbed (unless
+/// `notification.scrub.labels` is off).
+pub fn incident_json(i: &Incident, scrubber: &crate::notify::Scrubber) -> Value {
     let t = |v: Option<Ts>| v.map(rfc3339);
     json!({
         "id": i.id,
-        "subject": i.subject,
+        "subject": scrubber.subject(&i.subject).as_ref(),
         "severity": i.severity.as_str(),
         "status": i.status.as_str(),
         "open": i.is_open(),
@@ -88,6 +89,7 @@ pub(super) async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<Hash
         None => MAX_LIST,
         Some(l) => l.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| ApiError::bad_request(format!("limit must be a positive integer, not {l:?}")))?.min(MAX_LIST),
     };
+    let planner = shared.planner.read().expect("planner lock").clone();
     let incidents = blocking(move || {
         let core = shared.core.lock().expect("core lock");
         // Open incidents are at most one per subject, so filtering after a wide read is cheap.
@@ -95,11 +97,12 @@ pub(super) async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<Hash
         Ok(all.into_iter().filter(|i| open.is_none_or(|o| i.is_open() == o)).take(limit).collect::<Vec<_>>())
     })
     .await?;
-    let items: Vec<Value> = incidents.iter().map(incident_json).collect();
+    let items: Vec<Value> = incidents.iter().map(|i| incident_json(i, planner.scrubber())).collect();
     Ok(Json(json!({ "incidents": items })))
 }
 
 pub(super) async fn get_one(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let planner = shared.planner.read().expect("planner lock").clone();
     let (inc, events) = blocking(move || {
         let core = shared.core.lock().expect("core lock");
         let inc = core.store.incident(&id).map_err(ApiError::internal)?.ok_or_else(|| not_found(&id))?;
@@ -107,7 +110,7 @@ pub(super) async fn get_one(State(shared): State<Arc<Shared>>, Path(id): Path<St
         Ok((inc, events))
     })
     .await?;
-    let mut v = incident_json(&inc);
+    let mut v = incident_json(&inc, planner.scrubber());
     v["events"] = events.iter().map(|(at, e)| event_json(*at, e)).collect::<Vec<_>>().into();
     Ok(Json(v))
 }
@@ -132,14 +135,16 @@ pub(super) async fn declare(State(shared): State<Arc<Shared>>, _auth: Authorized
     }
     let subject = Subject::new(b.subject);
     let event = Event::Declare { severity: b.severity, security: b.security };
+    let planner = shared.planner.read().expect("planner lock").clone();
     let inc = blocking(move || apply_and_commit(&shared, Target::Subject(&subject), &event)).await?;
-    Ok((StatusCode::CREATED, Json(incident_json(&inc))))
+    Ok((StatusCode::CREATED, Json(incident_json(&inc, planner.scrubber()))))
 }
 
 pub(super) async fn post_event(State(shared): State<Arc<Shared>>, _auth: Authorized, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let event = parse_event(&body)?;
+    let planner = shared.planner.read().expect("planner lock").clone();
     let inc = blocking(move || apply_and_commit(&shared, Target::Id(&id), &event)).await?;
-    Ok(Json(incident_json(&inc)))
+    Ok(Json(incident_json(&inc, planner.scrubber())))
 }
 
 /// Parses an event body, with a message that says what is wrong and what is valid.

@@ -67,6 +67,7 @@ impl Planner {
             allow: config.notification.scrub_allow.clone(),
             secrets: configured_secrets(config),
             exempt: vec![config.global.external_url.clone()],
+            keep_labels: !config.notification.scrub_labels,
         })?;
         Ok(Planner { scrubber })
     }
@@ -82,6 +83,7 @@ impl Planner {
         let now_dt = Utc.timestamp_millis_opt(now).single().unwrap_or_else(Utc::now);
         for d in decisions {
             let dedup_key = dedup_key(d);
+            let outbox_subject = self.scrubber.outbox_subject(&d.subject);
             let suppressed = config.maintenance_windows.iter().any(|w| w.active(now_dt, &|l| d.subject.get(l).map(str::to_string)));
             for name in &d.notify {
                 let Some(receiver) = config.receivers.iter().find(|r| &r.name == name) else {
@@ -99,7 +101,7 @@ impl Planner {
                 let mut not_before = now + wait;
                 if prompt && crate::notify::receiver::is_chat(&receiver.kind) {
                     // Join the group already waiting for this subject and receiver.
-                    let subject = d.subject.key();
+                    let subject = outbox_subject.as_str();
                     let waiting = out
                         .iter()
                         .filter(|e| e.receiver == *name && e.subject == subject && e.state == OutboxState::Pending)
@@ -125,7 +127,7 @@ impl Planner {
                     dedup_key: dedup_key.clone(),
                     receiver: name.clone(),
                     rule: d.rule.clone(),
-                    subject: d.subject.key().to_string(),
+                    subject: outbox_subject.clone(),
                     status: n.status.as_str().to_string(),
                     payload,
                     created_at: now,
@@ -209,7 +211,7 @@ impl Planner {
                     let fired_at = inst.fired_at.unwrap_or(inst.active_at);
                     for name in &rule.notify {
                         let Some(receiver) = config.receivers.iter().find(|r| &r.name == name) else { continue };
-                        let Some(last) = store.last_for_instance(&rule.name, subject.key(), name)? else { continue };
+                        let Some(last) = store.last_for_instance(&rule.name, &self.scrubber.outbox_subject(subject), name)? else { continue };
                         if last.status != "firing" || last.state == OutboxState::Pending || last.created_at < fired_at {
                             continue;
                         }

@@ -134,7 +134,7 @@ fn render(
         }
     }
     if let Some(s) = ctx.scrubber {
-        s.scrub_rendered(&mut r);
+        s.scrub_rendered_for(&mut r, n);
     }
     Ok(r)
 }

@@ -41,6 +41,7 @@ use regex::{Captures, Regex};
 
 use super::message::Notification;
 use super::template::RenderedText;
+use crate::engine::Subject;
 
 /// What a redaction replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,6 +112,9 @@ pub struct ScrubConfig {
     pub secrets: Vec<String>,
     /// Prefixes kept as they are, with the URL path that follows (Herald's `external_url`).
     pub exempt: Vec<String>,
+    /// `notification.scrub.labels: false`: subject and label values are left as they are
+    /// everywhere (only annotations and rendered text are scrubbed).
+    pub keep_labels: bool,
 }
 
 /// Shorter configured secrets are not redacted literally.
@@ -383,6 +387,7 @@ pub struct Scrubber {
     allow_literals: Vec<String>,
     allow_regexes: Vec<Regex>,
     exempt: Vec<String>,
+    keep_labels: bool,
 }
 
 impl std::fmt::Debug for Detector {
@@ -432,11 +437,59 @@ impl Scrubber {
             allow_literals,
             allow_regexes,
             exempt,
+            keep_labels: config.keep_labels,
         })
     }
 
-    /// Exempt spans (Herald's own links), then every occurrence of a configured secret.
-    fn collect_fixed(&self, text: &str, spans: &mut Vec<Span>) {
+    /// A label value as it may leave Herald: scrubbed, unless `notification.scrub.labels` is
+    /// off.
+    pub fn label_value<'a>(&self, v: &'a str) -> Cow<'a, str> {
+        if self.keep_labels {
+            Cow::Borrowed(v)
+        } else {
+            self.scrub_str(v)
+        }
+    }
+
+    /// The subject as it may leave Herald (logs, `/metrics`, the API): its label values
+    /// scrubbed, unless `notification.scrub.labels` is off. Borrowed when nothing changes.
+    pub fn subject<'s>(&self, s: &'s Subject) -> Cow<'s, Subject> {
+        let mut changed = false;
+        let labels: Vec<(String, String)> = s
+            .labels()
+            .iter()
+            .map(|(k, v)| {
+                let v = self.label_value(v);
+                changed |= matches!(v, Cow::Owned(_));
+                (k.clone(), v.into_owned())
+            })
+            .collect();
+        if changed {
+            Cow::Owned(Subject::new(labels))
+        } else {
+            Cow::Borrowed(s)
+        }
+    }
+
+    /// The subject key stored in the outbox (and shown by the notifications API): the
+    /// scrubbed key, and when scrubbing changed it, `#` and a hash of the real key, so two
+    /// subjects that differ only in a redacted value are still told apart (grouping,
+    /// `min_interval`, repeats) without storing the value.
+    pub fn outbox_subject(&self, s: &Subject) -> String {
+        match self.subject(s) {
+            Cow::Borrowed(s) => s.key().to_owned(),
+            Cow::Owned(scrubbed) => {
+                use sha2::{Digest, Sha256};
+                let h = Sha256::digest(s.key().as_bytes());
+                let hex: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+                format!("{}#{hex}", scrubbed.key())
+            }
+        }
+    }
+
+    /// Exempt spans (Herald's own links), then every occurrence of a configured secret, then
+    /// the `keep` literals (label values when `notification.scrub.labels` is off).
+    fn collect_fixed(&self, text: &str, spans: &mut Vec<Span>, keep: &[&str]) {
         for prefix in &self.exempt {
             for (at, _) in text.match_indices(prefix.as_str()) {
                 let path = text[at + prefix.len()..]
@@ -453,6 +506,14 @@ impl Scrubber {
                 let range = at..at + secret.len();
                 if !spans.iter().any(|s| s.range.start < range.end && range.start < s.range.end) {
                     spans.push(Span { range, kind: Some(Kind::Secret) });
+                }
+            }
+        }
+        for literal in keep.iter().filter(|k| !k.is_empty()) {
+            for (at, _) in text.match_indices(literal) {
+                let range = at..at + literal.len();
+                if !spans.iter().any(|s| s.range.start < range.end && range.start < s.range.end) {
+                    spans.push(Span { range, kind: None });
                 }
             }
         }
@@ -509,9 +570,9 @@ impl Scrubber {
         }
     }
 
-    fn scrub_inner<'a>(&self, text: &'a str, secrets_only: bool) -> Cow<'a, str> {
+    fn scrub_inner<'a>(&self, text: &'a str, secrets_only: bool, keep: &[&str]) -> Cow<'a, str> {
         let mut spans = Vec::new();
-        self.collect_fixed(text, &mut spans);
+        self.collect_fixed(text, &mut spans, keep);
         for re in &self.extra {
             self.collect(text, secrets_only, &mut spans, Kind::Custom, re, whole);
         }
@@ -539,32 +600,49 @@ impl Scrubber {
 
     /// Redacts every detected secret and piece of personal data in `text`.
     pub fn scrub_str<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        self.scrub_inner(text, false)
+        self.scrub_inner(text, false, &[])
     }
 
     /// Redacts only secrets (credentials, tokens, keys, custom patterns) — for URLs, which must
     /// keep working.
     pub fn scrub_secrets<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        self.scrub_inner(text, true)
+        self.scrub_inner(text, true, &[])
     }
 
     fn scrub_in_place(&self, s: &mut String) {
-        if let Cow::Owned(new) = self.scrub_str(s) {
+        self.scrub_in_place_keeping(s, &[]);
+    }
+
+    fn scrub_in_place_keeping(&self, s: &mut String, keep: &[&str]) {
+        if let Cow::Owned(new) = self.scrub_inner(s, false, keep) {
             *s = new;
         }
     }
 
-    /// Scrubs the values of `subject`, `labels` and `annotations`, and secrets (only) in the
+    /// The label values a notification's text may show as they are: its subject and label
+    /// values when `notification.scrub.labels` is off, none otherwise.
+    fn kept_values(&self, n: &Notification) -> Vec<String> {
+        if self.keep_labels {
+            n.subject.values().chain(n.labels.values()).cloned().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Scrubs the values of `subject` and `labels` (unless `notification.scrub.labels` is off)
+    /// and `annotations`, and secrets (only) in the
     /// incident URL. Identifiers (`id`, `dedup_key`, rule, action, incident id) are left alone:
     /// they must stay stable and are built by Herald, not copied from signals.
     pub fn scrub_notification(&self, n: &mut Notification) {
-        for v in n
-            .subject
-            .values_mut()
-            .chain(n.labels.values_mut())
-            .chain(n.annotations.values_mut())
-        {
-            self.scrub_in_place(v);
+        if !self.keep_labels {
+            for v in n.subject.values_mut().chain(n.labels.values_mut()) {
+                self.scrub_in_place(v);
+            }
+        }
+        let kept = self.kept_values(n);
+        let keep: Vec<&str> = kept.iter().map(String::as_str).collect();
+        for v in n.annotations.values_mut() {
+            self.scrub_in_place_keeping(v, &keep);
         }
         if let Some(url) = n.incident.as_mut().and_then(|i| i.url.as_mut()) {
             if let Cow::Owned(new) = self.scrub_secrets(url) {
@@ -577,6 +655,15 @@ impl Scrubber {
     pub fn scrub_rendered(&self, r: &mut RenderedText) {
         self.scrub_in_place(&mut r.title);
         self.scrub_in_place(&mut r.text);
+    }
+
+    /// Scrubs the rendered text of notification `n`: like [`Scrubber::scrub_rendered`], but
+    /// with `notification.scrub.labels` off, `n`'s own label values stay as they are.
+    pub fn scrub_rendered_for(&self, r: &mut RenderedText, n: &Notification) {
+        let kept = self.kept_values(n);
+        let keep: Vec<&str> = kept.iter().map(String::as_str).collect();
+        self.scrub_in_place_keeping(&mut r.title, &keep);
+        self.scrub_in_place_keeping(&mut r.text, &keep);
     }
 }
 
@@ -927,6 +1014,33 @@ mod tests {
             Some("https://herald.example.com/incidents/INC-42?user=ops@example.com&token=[redacted:secret]")
         );
         assert_eq!(n.dedup_key, before.dedup_key);
+    }
+
+    #[test]
+    fn subjects_are_scrubbed_unless_labels_are_kept() {
+        let s = Subject::new([("service", "checkout"), ("customer", "alice@example.com")]);
+        let on = Scrubber::default();
+        assert_eq!(on.subject(&s).key(), r#"{customer="[redacted:email]",service="checkout"}"#);
+        let key = on.outbox_subject(&s);
+        assert!(key.starts_with(r#"{customer="[redacted:email]",service="checkout"}#"#), "{key}");
+        let other = Subject::new([("service", "checkout"), ("customer", "bob@example.com")]);
+        assert_ne!(on.outbox_subject(&other), key, "different subjects stay apart");
+        let clean = Subject::new([("service", "checkout")]);
+        assert_eq!(on.outbox_subject(&clean), clean.key());
+        assert!(matches!(on.subject(&clean), Cow::Borrowed(_)));
+        let off = Scrubber::new(&ScrubConfig { keep_labels: true, ..Default::default() }).unwrap();
+        assert_eq!(off.outbox_subject(&s), s.key());
+        let mut n = sample_firing();
+        n.subject.insert("customer".into(), "alice@example.com".into());
+        n.annotations.insert("description".into(), "mail alice@example.com".into());
+        n.annotations.insert("summary".into(), "alice@example.com cannot pay; bob@example.com neither".into());
+        off.scrub_notification(&mut n);
+        assert_eq!(n.subject["customer"], "alice@example.com");
+        assert_eq!(n.annotations["description"], "mail alice@example.com", "the subject's own value is kept");
+        assert_eq!(n.annotations["summary"], "alice@example.com cannot pay; [redacted:email] neither");
+        let mut r = RenderedText { title: "alice@example.com".into(), text: "bob@example.com".into() };
+        off.scrub_rendered_for(&mut r, &n);
+        assert_eq!((r.title.as_str(), r.text.as_str()), ("alice@example.com", "[redacted:email]"));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The delivery worker: takes due outbox entries and delivers them.
 //!
-//! Loop (until shutdown): run the retention pass every [`DeliveryTuning::prune_every`] (at
-//! start first); run the repeat pass every [`DeliveryTuning::repeat_every`]; read the
+//! Loop (until shutdown): run the repeat pass every [`DeliveryTuning::repeat_every`]; read the
 //! due entries under the `core` lock (briefly, off the async runtime) and lease them
 //! ([`Store::claim`](crate::store::Store::claim)) so they are not picked up twice; deliver each
 //! job in its own task, at most `concurrency` at a time per receiver (a semaphore per
 //! receiver); mark the outcome. No network I/O happens under the lock or in a transaction.
-//! Then sleep until the next due entry, a wake-up (`outbox_wake`) or shutdown.
+//! Then run the retention pass when due (every [`DeliveryTuning::prune_every`], the first one
+//! [`DeliveryTuning::prune_first_after`] after start); then sleep until the next due entry, a wake-up
+//! (`outbox_wake`) or shutdown.
 //!
 //! Guarantees and outcomes:
 //! * **At least once**: entries live in SQLite; an entry is marked `sent` only after a 2xx.
@@ -63,8 +64,11 @@ pub struct DeliveryTuning {
     pub lease_margin: Duration,
     /// Longest sleep between passes (default 30s).
     pub max_idle: Duration,
-    /// How often the retention pass runs (default 1h; the first pass runs at start).
+    /// How often the retention pass runs (default 1h).
     pub prune_every: Duration,
+    /// When the first retention pass runs after start (default 1min: deliveries a restart
+    /// catches up on go first).
+    pub prune_first_after: Duration,
     /// Rows removed per retention transaction (default 500), so the core lock is held briefly.
     pub prune_batch: usize,
 }
@@ -79,6 +83,7 @@ impl Default for DeliveryTuning {
             lease_margin: Duration::from_secs(5),
             max_idle: Duration::from_secs(30),
             prune_every: Duration::from_secs(3600),
+            prune_first_after: Duration::from_secs(60),
             prune_batch: 500,
         }
     }
@@ -165,16 +170,10 @@ impl Worker {
     pub async fn run(self: Arc<Self>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut next_repeat = tokio::time::Instant::now();
-        let mut next_prune = tokio::time::Instant::now();
+        let mut next_prune = tokio::time::Instant::now() + self.tuning.prune_first_after;
         loop {
             if self.shared.shutdown.is_cancelled() {
                 break;
-            }
-            if tokio::time::Instant::now() >= next_prune {
-                if let Err(e) = self.prune_pass().await {
-                    tracing::error!(error = %e, "retention pass failed");
-                }
-                next_prune = tokio::time::Instant::now() + self.tuning.prune_every;
             }
             if tokio::time::Instant::now() >= next_repeat {
                 if let Err(e) = self.repeat_pass().await {
@@ -194,6 +193,13 @@ impl Worker {
                     Duration::from_secs(1)
                 }
             };
+            // After the due entries went out: retention never delays a delivery.
+            if tokio::time::Instant::now() >= next_prune {
+                if let Err(e) = self.prune_pass().await {
+                    tracing::error!(error = %e, "retention pass failed");
+                }
+                next_prune = tokio::time::Instant::now() + self.tuning.prune_every;
+            }
             let sleep =
                 sleep.min(next_repeat.saturating_duration_since(tokio::time::Instant::now()));
             while tasks.try_join_next().is_some() {}
