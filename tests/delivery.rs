@@ -367,6 +367,16 @@ fn hook_yaml(name: &str, url: &str, extra: &str) -> String {
     format!("  - name: {name}\n    type: webhook\n    url: {url}\n    timeout: 2s\n{extra}")
 }
 
+/// One webhook receiver `name` answering `script`, and one page for it planned and committed:
+/// the setup most single-receiver delivery tests share.
+async fn one_page(name: &str, script: Vec<Reply>) -> (Server, Env, OutboxEntry) {
+    let srv = Server::start(script).await;
+    let e = env(&hook_yaml(name, &srv.url("/hook"), ""), &[name], "  group_wait: 1s", false);
+    let planned = enqueue(&e.shared, &[decision("Page", DecisionStatus::Firing, "checkout", None, &[name])]);
+    let page = planned.into_iter().next().expect("one entry");
+    (srv, e, page)
+}
+
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 // ---------------------------------------------------------------- tests
@@ -491,23 +501,8 @@ async fn a_receiver_that_is_down_gets_the_page_once_it_is_up() {
 
 #[tokio::test]
 async fn gone_410_stops_retrying_and_counts_a_failure() {
-    let srv = Server::start(vec![reply(410)]).await;
-    let e = env(
-        &hook_yaml("hook-gone", &srv.url("/gone"), ""),
-        &["hook-gone"],
-        "  group_wait: 1s",
-        false,
-    );
-    let planned = enqueue(
-        &e.shared,
-        &[decision(
-            "Page",
-            DecisionStatus::Firing,
-            "checkout",
-            None,
-            &["hook-gone"],
-        )],
-    );
+    let (srv, e, page) = one_page("hook-gone", vec![reply(410)]).await;
+    let planned = [page];
     let (_w, h) = start(&e.shared, fast_tuning());
     wait_for("failure", Duration::from_secs(10), || {
         entry(&e.shared, &planned[0].id).state == OutboxState::Failed
@@ -528,28 +523,16 @@ async fn gone_410_stops_retrying_and_counts_a_failure() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let srv = Server::start(vec![Reply {
-        status: 429,
-        retry_after: Some("2".into()),
-        delay: Duration::ZERO,
-    }])
+    let (srv, e, page) = one_page(
+        "hook-429",
+        vec![Reply {
+            status: 429,
+            retry_after: Some("2".into()),
+            delay: Duration::ZERO,
+        }],
+    )
     .await;
-    let e = env(
-        &hook_yaml("hook-429", &srv.url("/rl"), ""),
-        &["hook-429"],
-        "  group_wait: 1s",
-        false,
-    );
-    let planned = enqueue(
-        &e.shared,
-        &[decision(
-            "Page",
-            DecisionStatus::Firing,
-            "checkout",
-            None,
-            &["hook-429"],
-        )],
-    );
+    let planned = [page];
     let (_w, h) = start(&e.shared, fast_tuning());
     wait_for("delivery", Duration::from_secs(10), || {
         entry(&e.shared, &planned[0].id).state == OutboxState::Sent
@@ -568,22 +551,16 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn a_huge_retry_after_is_capped_not_a_tight_loop() {
     // u64::MAX seconds used to overflow into a negative delay: the entry was due again at once.
-    let srv = Server::start(vec![Reply {
-        status: 503,
-        retry_after: Some("18446744073709551615".into()),
-        delay: Duration::ZERO,
-    }])
+    let (srv, e, page) = one_page(
+        "hook-huge-ra",
+        vec![Reply {
+            status: 503,
+            retry_after: Some("18446744073709551615".into()),
+            delay: Duration::ZERO,
+        }],
+    )
     .await;
-    let e = env(
-        &hook_yaml("hook-huge-ra", &srv.url("/ra"), ""),
-        &["hook-huge-ra"],
-        "  group_wait: 1s",
-        false,
-    );
-    let planned = enqueue(
-        &e.shared,
-        &[decision("Page", DecisionStatus::Firing, "checkout", None, &["hook-huge-ra"])],
-    );
+    let planned = [page];
     let (_w, h) = start(&e.shared, fast_tuning());
     wait_for("the first try to be recorded", Duration::from_secs(10), || {
         entry(&e.shared, &planned[0].id).attempts == 1
