@@ -41,6 +41,15 @@ struct Reply {
     delay: Duration,
 }
 
+/// An answer with a `Retry-After` header.
+fn reply_retry_after(status: u16, retry_after: &str) -> Reply {
+    Reply {
+        status,
+        retry_after: Some(retry_after.into()),
+        delay: Duration::ZERO,
+    }
+}
+
 fn reply(status: u16) -> Reply {
     Reply {
         status,
@@ -523,15 +532,7 @@ async fn gone_410_stops_retrying_and_counts_a_failure() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let (srv, e, page) = one_page(
-        "hook-429",
-        vec![Reply {
-            status: 429,
-            retry_after: Some("2".into()),
-            delay: Duration::ZERO,
-        }],
-    )
-    .await;
+    let (srv, e, page) = one_page("hook-429", vec![reply_retry_after(429, "2")]).await;
     let planned = [page];
     let (_w, h) = start(&e.shared, fast_tuning());
     wait_for("delivery", Duration::from_secs(10), || {
@@ -551,15 +552,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn a_huge_retry_after_is_capped_not_a_tight_loop() {
     // u64::MAX seconds used to overflow into a negative delay: the entry was due again at once.
-    let (srv, e, page) = one_page(
-        "hook-huge-ra",
-        vec![Reply {
-            status: 503,
-            retry_after: Some("18446744073709551615".into()),
-            delay: Duration::ZERO,
-        }],
-    )
-    .await;
+    let (srv, e, page) = one_page("hook-huge-ra", vec![reply_retry_after(503, "18446744073709551615")]).await;
     let planned = [page];
     let (_w, h) = start(&e.shared, fast_tuning());
     wait_for("the first try to be recorded", Duration::from_secs(10), || {
