@@ -66,7 +66,15 @@ pub struct Global {
     /// Base URL for incident links (default `http://<listen>`).
     pub external_url: String,
     pub timezone: chrono_tz::Tz,
+    /// How long finished outbox entries (sent, failed, suppressed, dry-run) and resolved
+    /// incidents with their events are kept before they are pruned (default 30d).
+    pub retention: Duration,
 }
+
+/// The default of `global.retention`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest `global.retention` accepted.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 /// `prometheus:`.
 #[derive(Clone, Debug)]
@@ -174,6 +182,9 @@ pub struct NotificationDefaults {
     pub scrub_patterns: Vec<String>,
     /// Strings or regexes never redacted.
     pub scrub_allow: Vec<String>,
+    /// `scrub.labels`: subject and label values are scrubbed wherever they leave Herald (logs,
+    /// `/metrics`, the API, the outbox); default true.
+    pub scrub_labels: bool,
 }
 
 /// A label matcher (Alertmanager syntax).
@@ -399,11 +410,18 @@ impl Validator<'_> {
             Some(tz) => self.timezone(tz),
             None => chrono_tz::UTC,
         };
+        let retention = self.duration(&g.retention, DEFAULT_RETENTION);
+        if let Some(r) = g.retention.as_ref().filter(|_| retention < MIN_RETENTION) {
+            self.err(r, "retention must be at least 1h (it bounds how long sent notifications and resolved incidents are kept)");
+        }
 
         let prometheus = raw.prometheus.as_ref().map(|p| self.prometheus(p));
         let ticket_sources = self.ticket_sources(&raw.ticket_sources);
         let receivers = self.receivers(&raw.receivers);
         let notification = self.notification(&raw.notification);
+        if let Some(r) = g.retention.as_ref().filter(|_| retention >= MIN_RETENTION && retention < notification.repeat_interval) {
+            self.err(r, format!("retention ({}) must be at least notification.repeat_interval ({}): repeats are timed from the last sent notification", r.value, super::PromDuration(notification.repeat_interval)));
+        }
         let maintenance_windows = self.maintenance(&raw.maintenance_windows);
         let api_token = raw.api.token_file.as_ref().and_then(|f| self.read_secret(f));
         if let (Some(f), Some(t)) = (&raw.api.token_file, &api_token) {
@@ -449,6 +467,7 @@ impl Validator<'_> {
 
         // cross-checks
         if let Some(rules) = &rules {
+            self.receiver_templates(&raw.receivers, rules, &external_url);
             let names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
             for g in &rules.groups {
                 for r in &g.rules {
@@ -483,7 +502,7 @@ impl Validator<'_> {
         let shard = self.shard(&raw.shard);
         Some(Config {
             path: path.to_path_buf(),
-            global: Global { evaluation_interval, listen, state_dir, external_url, timezone },
+            global: Global { evaluation_interval, listen, state_dir, external_url, timezone, retention },
             prometheus,
             ticket_sources,
             receivers,
@@ -509,6 +528,27 @@ impl Validator<'_> {
             return crate::shard::Shard::default();
         }
         crate::shard::Shard { index: raw.index.value, total: raw.total.value }
+    }
+
+    /// Renders every receiver `title`/`text` template against sample notifications of the
+    /// rules that notify it (templates that do not compile were reported already).
+    fn receiver_templates(&mut self, raw: &[RawReceiver], rules: &RuleSet, external_url: &str) {
+        for r in raw {
+            if r.title.is_none() && r.text.is_none() {
+                continue;
+            }
+            let (title, text) = (r.title.as_ref().map(|t| t.value.as_str()), r.text.as_ref().map(|t| t.value.as_str()));
+            if crate::notify::Templates::with_overrides(title, text).is_err() {
+                continue;
+            }
+            let notifying = rules.groups.iter().flat_map(|g| g.rules.iter().map(move |rule| (g, rule))).filter(|(_, rule)| rule.notify.contains(&r.name.value));
+            for (which, message) in crate::notify::template::check_receiver_templates(title, text, notifying, external_url) {
+                let at = if which == "title" { r.title.as_ref() } else { r.text.as_ref() };
+                if let Some(at) = at.or(r.title.as_ref()).or(r.text.as_ref()) {
+                    self.err(at, format!("receiver {:?}: {which} template {message}", r.name.value));
+                }
+            }
+        }
     }
 
     fn timezone(&mut self, tz: &Spanned<String>) -> chrono_tz::Tz {
@@ -683,6 +723,12 @@ impl Validator<'_> {
                     match r.kind.value.as_str() {
                         "webhook" => {
                             let secret = self.secret(&r.secret, &r.secret_file, "secret");
+                            if let (Some(value), Some(at)) = (&secret, r.secret.as_ref().or(r.secret_file.as_ref())) {
+                                // Never echo the secret: the decoder's message names a position only.
+                                if let Err(e) = crate::notify::WebhookSecret::new(value) {
+                                    self.err(at, format!("unusable webhook secret: {e}"));
+                                }
+                            }
                             ReceiverKind::Webhook { url: u, secret }
                         }
                         "slack" => ReceiverKind::Slack { url: u },
@@ -757,6 +803,7 @@ impl Validator<'_> {
             max_retry_duration: self.duration(&n.max_retry_duration, Duration::from_secs(24 * 3600)),
             scrub_patterns: n.scrub.extra_patterns.iter().map(|s| s.value.clone()).collect(),
             scrub_allow: n.scrub.allow.iter().map(|s| s.value.clone()).collect(),
+            scrub_labels: n.scrub.labels.unwrap_or(true),
         }
     }
 

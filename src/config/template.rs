@@ -1,7 +1,9 @@
-//! Annotation and message templates: one minijinja environment with strict undefined, so a
-//! typo such as `{{ subject.sevice }}` is an error at `check` time instead of an empty string
-//! in a page. Adds two filters for plain-English messages: `percent` (0.973 → `97.3%`) and
-//! `duration` (seconds → `1h5m`).
+//! Annotation and message templates: the ONE minijinja environment of Herald, used by rule
+//! annotations, ticket-source templates and receiver/default message templates
+//! (`notify::template`). Strict undefined, so a typo such as `{{ subject.sevice }}` is an error
+//! at `check` time instead of an empty string in a page; `trim_blocks` and `lstrip_blocks`, so
+//! a `{% if %}` on its own line leaves no blank line. Adds filters for plain-English messages:
+//! `percent` (0.973 → `97.3%`), `duration` (seconds → `1h5m`) and `urlencode`.
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
@@ -11,6 +13,11 @@ use crate::expr::{IncidentField, Scope};
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    match minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build() {
+        Ok(syntax) => env.set_syntax(syntax),
+        // The default delimiters cannot conflict; the unit tests exercise this path.
+        Err(e) => unreachable!("default template syntax: {e}"),
+    }
     env.add_filter("percent", |v: f64| -> String {
         let p = v * 100.0;
         if (p - p.round()).abs() < 1e-9 {

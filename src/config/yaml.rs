@@ -248,6 +248,9 @@ pub struct RawGlobal {
     pub external_url: Option<Spanned<String>>,
     #[serde(default)]
     pub timezone: Option<Spanned<String>>,
+    /// How long delivered/failed notifications and resolved incidents are kept (default 30d).
+    #[serde(default)]
+    pub retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +382,9 @@ pub struct RawScrub {
     pub extra_patterns: Vec<Spanned<String>>,
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    /// Scrub subject and label values wherever they leave Herald (default true).
+    #[serde(default)]
+    pub labels: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -148,11 +148,13 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                 continue;
             };
             let result = client.counts(&known, &group.subject_labels, now).await;
+            // Label values leave Herald only as `notification.scrub.labels` allows.
+            let scrubber = shared.planner.read().expect("planner lock").clone();
             match result {
                 Ok(counts) => {
                     for (subject, n) in &counts.tickets {
                         if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
-                            let labels: Vec<(String, String)> = subject.labels().to_vec();
+                            let labels: Vec<(String, String)> = scrubber.scrubber().subject(subject).labels().to_vec();
                             metrics::gauge!("herald_ticket_ratio", &labels).set(n / b);
                         }
                     }
@@ -160,7 +162,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                     input.slots[baseline_slot] = SlotValues::Series(counts.baseline);
                 }
                 Err(e) => {
-                    tracing::warn!(group = %group.name, source = %name, error = %e, "ticket counts unavailable; ticket rules are unknown");
+                    let error = scrubber.scrubber().scrub_str(&e.to_string()).into_owned();
+                    tracing::warn!(group = %group.name, source = %name, error = %error, "ticket counts unavailable; ticket rules are unknown");
                     input.slots[slot] = SlotValues::Unavailable(e.to_string());
                     input.slots[baseline_slot] = SlotValues::Unavailable(e.to_string());
                 }
@@ -220,7 +223,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(
     match joined {
         Ok((out, enqueued, committed)) => {
             if committed {
-                log_step(group, &out);
+                let planner = shared.planner.read().expect("planner lock").clone();
+                log_step(group, &out, planner.scrubber());
                 record_unknown(group, &out, &mut cache.unknown_streak);
             }
             report.output = out;
@@ -238,24 +242,26 @@ pub async fn evaluate_group_once<S: MetricsSource>(
 }
 
 /// One log line per decision and incident change: the daemon's story, readable in a terminal.
-fn log_step(group: &crate::config::Group, out: &StepOutput) {
+/// Subjects and summaries are scrubbed like everything else that leaves Herald.
+fn log_step(group: &crate::config::Group, out: &StepOutput, scrubber: &crate::notify::Scrubber) {
     for d in &out.decisions {
-        let summary = d.annotations.get("summary").map(String::as_str).unwrap_or("");
+        let summary = scrubber.scrub_str(d.annotations.get("summary").map(String::as_str).unwrap_or(""));
+        let subject = scrubber.subject(&d.subject);
         let incident = d.incident.as_ref().map(|i| i.id.as_str()).unwrap_or("-");
         match d.status {
             crate::engine::DecisionStatus::Firing => {
-                tracing::info!(group = %group.name, rule = %d.rule, action = d.action.as_str(), subject = %d.subject, incident, "FIRING: {summary}")
+                tracing::info!(group = %group.name, rule = %d.rule, action = d.action.as_str(), subject = %subject, incident, "FIRING: {summary}")
             }
             crate::engine::DecisionStatus::Resolved => {
-                tracing::info!(group = %group.name, rule = %d.rule, subject = %d.subject, incident, "resolved")
+                tracing::info!(group = %group.name, rule = %d.rule, subject = %subject, incident, "resolved")
             }
         }
     }
     for c in &out.incidents {
         let i = &c.incident;
         match c.kind {
-            ChangeKind::Opened => tracing::info!(incident = %i.id, subject = %i.subject, severity = i.severity.as_str(), rule = i.activating_rule.as_deref().unwrap_or("-"), "incident opened"),
-            ChangeKind::Resolved => tracing::info!(incident = %i.id, subject = %i.subject, "incident resolved"),
+            ChangeKind::Opened => tracing::info!(incident = %i.id, subject = %scrubber.subject(&i.subject), severity = i.severity.as_str(), rule = i.activating_rule.as_deref().unwrap_or("-"), "incident opened"),
+            ChangeKind::Resolved => tracing::info!(incident = %i.id, subject = %scrubber.subject(&i.subject), "incident resolved"),
             ChangeKind::Updated => tracing::debug!(incident = %i.id, "incident updated"),
         }
     }
