@@ -94,6 +94,7 @@ fn describe_all() {
     describe_histogram!("herald_notification_delivery_seconds", Unit::Seconds, "Duration of notification delivery attempts, by receiver.");
     describe_gauge!("herald_config_last_reload_successful", "1 when the last configuration (re)load succeeded.");
     describe_gauge!("herald_build_info", "Always 1; the version is a label.");
+    describe_counter!("herald_state_write_failures_total", "Writes to the state database that failed (the daemon is not ready while the last one failed).");
 }
 
 /// Series with labels known up front start at zero, so dashboards and `rate()` see them.
@@ -102,6 +103,7 @@ fn register_known_series() {
     metrics::gauge!("herald_config_last_reload_successful").set(1.0);
     metrics::counter!("herald_update_corrections_total").absolute(0);
     metrics::counter!("herald_false_notifications_total").absolute(0);
+    metrics::counter!("herald_state_write_failures_total").absolute(0);
     for h in COMMS_HISTOGRAMS {
         let _ = metrics::histogram!(h);
     }
@@ -114,6 +116,11 @@ fn register_known_series() {
             metrics::counter!("herald_incidents_resolved_total", "severity" => s.as_str(), "postmortem" => pm).absolute(0);
         }
     }
+}
+
+/// Counts a write to the state database that failed.
+pub fn record_state_write_failure() {
+    metrics::counter!("herald_state_write_failures_total").increment(1);
 }
 
 /// Records whether the last configuration (re)load succeeded.

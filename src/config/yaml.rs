@@ -364,4 +364,6 @@ pub struct RawMaintenance {
 pub struct RawApi {
     #[serde(default)]
     pub token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub read_requires_token: Option<Spanned<bool>>,
 }

@@ -25,7 +25,8 @@ use crate::config::Config;
 use crate::engine::{Engine, State, Ts};
 use crate::notify::plan::Planner;
 use crate::source::MetricsSource;
-use crate::store::{Store, StoreError};
+use crate::state_dir::{self, Database, StateDirError};
+use crate::store::{SaveHealth, Store, StoreError};
 
 /// Options of a run that are not configuration.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +36,9 @@ pub struct RunOptions {
     /// Each notification reloads the configuration, as `POST /-/reload` does (the CLI wires
     /// SIGHUP to it).
     pub reload_requests: Option<Arc<tokio::sync::Notify>>,
+    /// Move an empty or corrupt state database aside and start with an empty one, instead
+    /// of refusing to start (`--fresh-state`).
+    pub fresh_state: bool,
 }
 
 /// The engine state and its durable copy, locked together so they never drift apart.
@@ -60,6 +64,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Bumped after every successful reload; the evaluation loop restarts its group tasks.
     pub reloaded: tokio::sync::watch::Sender<u64>,
+    /// Whether the last write to the state database failed (readiness reads it lock-free).
+    pub saves: SaveHealth,
 }
 
 impl Shared {
@@ -70,6 +76,10 @@ impl Shared {
     /// Whether readiness has been reached.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+    /// Whether the last write to the state database failed.
+    pub fn saves_failing(&self) -> bool {
+        self.saves.failing()
     }
 }
 
@@ -91,6 +101,7 @@ impl Shared {
         }
         tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
         let planner = Planner::new(&config)?;
+        let saves = store.save_health();
         Ok(Shared {
             planner: RwLock::new(Arc::new(planner)),
             config: RwLock::new(Arc::new(config)),
@@ -101,6 +112,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             reloaded: tokio::sync::watch::Sender::new(0),
+            saves,
         })
     }
 }
@@ -110,6 +122,8 @@ impl Shared {
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateDirError),
     #[error("invalid content filter: {0}")]
     Scrub(#[from] crate::notify::ScrubError),
     #[error("HTTP server: {0}")]
@@ -122,6 +136,10 @@ pub fn now_ms() -> Ts {
 }
 
 /// Opens the state, resumes where the last run stopped, and runs until `shutdown` resolves.
+///
+/// The state is `state_dir/state.db`, or `state_dir/dry-run.db` for a dry run, locked for
+/// this process and checked first (see [`crate::state_dir`]): an empty or corrupt database, or
+/// one another daemon holds, stops the start with an error naming the file.
 pub async fn run<S: MetricsSource + 'static>(
     config: Config,
     listener: TcpListener,
@@ -129,8 +147,16 @@ pub async fn run<S: MetricsSource + 'static>(
     options: RunOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let store = Store::open_dir(&config.global.state_dir)?;
-    let shared = Arc::new(Shared::new(config, store, options)?);
+    let dir = config.global.state_dir.clone();
+    let db = Database::for_run(options.dry_run);
+    let fresh = options.fresh_state;
+    let opened = tokio::task::spawn_blocking(move || state_dir::open(&dir, db, fresh))
+        .await
+        .map_err(|e| DaemonError::Http(std::io::Error::other(e)))??;
+    tracing::info!(path = %opened.path.display(), lock = %opened.lock.path().display(), "state database opened");
+    // Held until `run` returns; the OS releases it if the process dies.
+    let _lock = opened.lock;
+    let shared = Arc::new(Shared::new(config, opened.store, options)?);
     let token = shared.shutdown.clone();
 
     let tasks = tokio_util::task::TaskTracker::new();
