@@ -8,9 +8,15 @@
 //! * An empty or corrupt `state.db` is refused unless `--fresh-state`; one daemon per state.
 //! * A failing save makes `/-/ready` answer 503 and counts
 //!   `herald_state_write_failures_total`, until a save succeeds again.
+//! * `--dry-run` keeps its own `dry-run.db`: the first live run after a rehearsal still pages
+//!   (against a real Prometheus and a real webhook receiver).
 
 #[path = "support/herald.rs"]
 mod herald;
+#[path = "support/prometheus.rs"]
+mod prometheus;
+#[path = "support/receiver.rs"]
+mod receiver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -329,4 +335,70 @@ fn failing_saves_make_the_daemon_unready_until_a_save_succeeds() {
     conn.execute_batch("ROLLBACK").unwrap();
     drop(conn);
     d.eventually("readiness to come back", Duration::from_secs(30), || d.get("/-/ready").status == 200);
+}
+
+/// Regression: a dry run wrote the live `state.db`, so after a game day the real breach was
+/// "already firing" and the first live run paged nobody. Now the dry run records into
+/// `dry-run.db` and the live run pages.
+#[test]
+fn a_dry_run_keeps_its_own_state_so_the_first_live_run_still_pages() {
+    let exporter = prometheus::Exporter::start();
+    exporter.set("test_sli", &[("service", "checkout")], 0.9);
+    exporter.set("test_affected", &[("service", "checkout")], 0.2);
+    let prom = prometheus::Prometheus::start(&[exporter.addr()], Duration::from_secs(1));
+    prom.wait_for("test_affected", Duration::from_secs(30));
+    let rx = receiver::Receiver::start();
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        r#"groups:
+  - name: live
+    subject: [service]
+    signals:
+      sli: { query: 'min by (service) (test_sli)' }
+      objective: { value: 0.999 }
+      affected_ratio: { query: 'max by (service) (test_affected)' }
+    rules:
+      - name: ActivateCommsLead
+        when: sli < objective and affected_ratio > 0.05
+        action: activate_comms_lead
+        severity: critical
+        notify: [pager]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        format!(
+            "global: {{listen: '127.0.0.1:{port}', state_dir: state, evaluation_interval: 1s}}\n\
+             prometheus: {{url: '{}', timeout: 2s}}\n\
+             receivers:\n  - {{name: pager, type: webhook, url: '{}', timeout: 2s}}\n\
+             notification: {{group_wait: 0s}}\n\
+             rule_files: [rules.yaml]\n",
+            prom.url(),
+            rx.url()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("herald.yaml");
+    let recorded = |d: &Daemon, state: &str| d.get(&format!("/api/v1/notifications?state={state}")).json()["notifications"].as_array().unwrap().len();
+
+    // The rehearsal: the page is decided and recorded as dry_run, nothing is sent.
+    let mut d = Daemon::spawn(&config, port, dir.path().join("dry.log"), &["--dry-run"]);
+    d.eventually("the dry-run page to be recorded", Duration::from_secs(20), || recorded(&d, "dry_run") == 1);
+    assert_eq!(d.get("/api/v1/incidents?open=true").json()["incidents"][0]["id"], "INC-1");
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    assert!(rx.received().is_empty(), "a dry run sends nothing");
+    assert!(dir.path().join("state/dry-run.db").exists());
+    assert!(!dir.path().join("state/state.db").exists(), "a dry run never writes the live state");
+
+    // The first live run pages.
+    let d = Daemon::spawn(&config, port, dir.path().join("live.log"), &[]);
+    let got = rx.wait_until(Duration::from_secs(20), |r| r.iter().any(|x| x.json()["rule"] == "ActivateCommsLead"));
+    assert_eq!(got[0].json()["incident"]["id"], "INC-1");
+    d.eventually("the page marked sent", Duration::from_secs(10), || recorded(&d, "sent") == 1);
+    assert_eq!(recorded(&d, "dry_run"), 0, "the live state holds no dry-run entries");
 }
