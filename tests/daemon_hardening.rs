@@ -402,3 +402,26 @@ fn a_dry_run_keeps_its_own_state_so_the_first_live_run_still_pages() {
     d.eventually("the page marked sent", Duration::from_secs(10), || recorded(&d, "sent") == 1);
     assert_eq!(recorded(&d, "dry_run"), 0, "the live state holds no dry-run entries");
 }
+
+/// Regression: every reload restarted the rule groups with an immediate evaluation, so 5,000
+/// reloads in 10s multiplied Prometheus queries 150×. Restarted groups keep their schedule.
+#[test]
+fn reloads_keep_the_evaluation_schedule() {
+    let mut setup = Setup::new(WITH_TOKEN);
+    std::fs::write(setup.path("rules.yaml"), RULES.replace("    subject: [service]\n", "    interval: 8s\n    subject: [service]\n")).unwrap();
+    let d = setup.start(&[]);
+    let evaluations = || metric(&d.metrics(), r#"herald_rule_evaluations_total{group="comms"}"#);
+    d.eventually("the first evaluation", Duration::from_secs(10), || evaluations() == 1.0);
+    let first = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(reload(&d, Some(TOKEN)).status, 200);
+    }
+    assert!(d.log().matches("restarting rule groups").count() >= 2, "{}", d.log());
+    if first.elapsed() < Duration::from_secs(7) {
+        assert_eq!(evaluations(), 1.0, "reloads evaluated the group again:\n{}", d.log());
+    }
+    // The schedule goes on: the second evaluation comes one interval after the first.
+    d.eventually("the second evaluation", Duration::from_secs(15), || evaluations() == 2.0);
+    let second = first.elapsed();
+    assert!(second > Duration::from_secs(5), "second evaluation after {second:?}");
+}

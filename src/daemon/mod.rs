@@ -11,6 +11,7 @@
 mod eval;
 mod reload;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -185,6 +186,7 @@ pub async fn run<S: MetricsSource + 'static>(
 /// configuration is reloaded: a group task finishes the evaluation it is in, then stops.
 async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source: Arc<S>) {
     let mut reloads = shared.reloaded.subscribe();
+    let last_runs = LastRuns::default();
     loop {
         reloads.mark_unchanged();
         let config = shared.config();
@@ -198,7 +200,7 @@ async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source
         }
         for gi in 0..config.rules.groups.len() {
             let first = first_pending.clone();
-            set.spawn(group_task(shared.clone(), source.clone(), tickets.clone(), config.clone(), gi, stop.clone(), first));
+            set.spawn(group_task(shared.clone(), source.clone(), tickets.clone(), config.clone(), gi, stop.clone(), first, last_runs.clone()));
         }
         let reloaded = tokio::select! {
             _ = shared.shutdown.cancelled() => false,
@@ -213,7 +215,13 @@ async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source
     }
 }
 
-/// Evaluates one group on its interval until `stop` is cancelled.
+/// When each group (by name) last started an evaluation. Restarted group tasks keep to this
+/// schedule instead of evaluating at once, so a reload (or a storm of them) never adds queries.
+type LastRuns = Arc<Mutex<HashMap<String, tokio::time::Instant>>>;
+
+/// Evaluates one group on its interval until `stop` is cancelled; the first evaluation is one
+/// interval after the group's last one (at once for a new group).
+#[allow(clippy::too_many_arguments)]
 async fn group_task<S: MetricsSource + 'static>(
     shared: Arc<Shared>,
     source: Arc<S>,
@@ -222,10 +230,13 @@ async fn group_task<S: MetricsSource + 'static>(
     gi: usize,
     stop: CancellationToken,
     first_pending: Arc<AtomicUsize>,
+    last_runs: LastRuns,
 ) {
     let group = &config.rules.groups[gi];
     let interval = group.interval_or(config.global.evaluation_interval);
-    let mut tick = tokio::time::interval(interval);
+    let now = tokio::time::Instant::now();
+    let start = last_runs.lock().expect("last runs lock").get(&group.name).map_or(now, |last| (*last + interval).max(now));
+    let mut tick = tokio::time::interval_at(start, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut cache = SignalCache::default();
     let mut first_done = false;
@@ -233,6 +244,7 @@ async fn group_task<S: MetricsSource + 'static>(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {
+                last_runs.lock().expect("last runs lock").insert(group.name.clone(), tokio::time::Instant::now());
                 evaluate_group_once(&shared, source.as_ref(), &tickets, &mut cache, &config, gi, now_ms()).await;
                 if !first_done {
                     first_done = true;
