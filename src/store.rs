@@ -160,8 +160,10 @@ pub struct Store {
     saves: SaveHealth,
 }
 
-/// Whether the last write to the store failed: shared with readiness (`/-/ready` answers 503
-/// while saves fail). Every failed write also counts in `herald_state_write_failures_total`.
+/// Whether saving fails: shared with readiness (`/-/ready` answers 503 while saves fail).
+/// Any failed write sets it and counts in `herald_state_write_failures_total`; only a
+/// successful [`Store::commit`] (a whole evaluation or event saved) clears it, so small
+/// updates that still fit on a full disk do not make readiness flap.
 #[derive(Clone, Debug, Default)]
 pub struct SaveHealth(Arc<AtomicBool>);
 
@@ -170,11 +172,13 @@ impl SaveHealth {
     pub fn failing(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-    fn record<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    fn record<T>(&self, result: Result<T, StoreError>, success_clears: bool) -> Result<T, StoreError> {
         if result.is_err() {
             crate::telemetry::record_state_write_failure();
+            self.0.store(true, Ordering::Relaxed);
+        } else if success_clears {
+            self.0.store(false, Ordering::Relaxed);
         }
-        self.0.store(result.is_err(), Ordering::Relaxed);
         result
     }
 }
@@ -285,7 +289,7 @@ impl Store {
             tx.commit()?;
             Ok(())
         })();
-        self.saves.record(result)
+        self.saves.record(result, true)
     }
 
     /// All incidents, newest first (at most `limit`).
@@ -352,7 +356,7 @@ impl Store {
             "UPDATE outbox SET state = ?2, attempts = ?3, not_before = ?4, last_error = ?5, delivered_at = ?6 WHERE id = ?1",
             params![id, state.as_str(), attempts, not_before, error, delivered_at],
         );
-        self.saves.record(result.map(|_| ()).map_err(StoreError::from))
+        self.saves.record(result.map(|_| ()).map_err(StoreError::from), false)
     }
 
     /// Leases entries to the delivery worker: pushes their `not_before` to `until` in one
@@ -370,7 +374,7 @@ impl Store {
             tx.commit()?;
             Ok(())
         })();
-        self.saves.record(result)
+        self.saves.record(result, false)
     }
 
     /// The most recent entry (not failed) of a rule instance for a receiver — for

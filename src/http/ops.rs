@@ -2,8 +2,7 @@
 //!
 //! `/-/reload` needs the API token when one is configured (without one it stays open, as in
 //! Prometheus and Alertmanager; SIGHUP always works), and is rate-limited to one reload per
-//! second: each reload re-reads every file and restarts the rule groups, which query
-//! Prometheus at once.
+//! second: each reload re-reads and re-validates every file.
 
 use std::sync::Arc;
 
