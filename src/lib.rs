@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod engine;
 pub mod expr;
@@ -15,5 +16,6 @@ pub mod notify;
 pub mod source;
 pub mod state_dir;
 pub mod store;
+pub mod shard;
 pub mod telemetry;
 pub mod testing;

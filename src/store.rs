@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::engine::{Event, Incident, Instance, Phase, State, Subject, Ts};
+use crate::engine::{Event, EventNote, Incident, Instance, Phase, State, Subject, TimelineEntry, Ts};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,24 @@ pub struct Commit<'a> {
     pub outbox: Vec<OutboxEntry>,
     /// Group evaluation times to remember: (group name, time).
     pub group_evals: Vec<(&'a str, Ts)>,
+    /// People's events with who recorded them and why: (incident id, time, event, note).
+    pub noted_events: Vec<(&'a str, Ts, &'a Event, &'a EventNote)>,
+    /// Herald's own entries for incidents' timelines (decisions, status changes).
+    pub timeline: &'a [TimelineEntry],
+}
+
+/// One entry of an incident's timeline as stored: a person's event or Herald's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelineRow {
+    pub at: Ts,
+    /// `person` or `herald`.
+    pub source: String,
+    /// The event type (`ack`, `rule_firing`, `notification_sent`, …).
+    pub kind: String,
+    /// The event's fields, as JSON (`type` included).
+    pub data: serde_json::Value,
+    pub actor: Option<String>,
+    pub note: Option<String>,
 }
 
 const MIGRATIONS: &[&str] = &[r#"
@@ -152,6 +170,23 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (state, not_before);
 CREATE INDEX outbox_dedup ON outbox (dedup_key, receiver, created_at);
 CREATE TABLE group_evals (name TEXT PRIMARY KEY, at INTEGER NOT NULL);
+"#,
+// i7: incidents tell their whole story: Herald's own decisions and notifications join people's
+// events on the timeline; people's events carry an optional actor and note.
+r#"
+ALTER TABLE events ADD COLUMN source TEXT NOT NULL DEFAULT 'person';
+ALTER TABLE events ADD COLUMN actor TEXT;
+ALTER TABLE events ADD COLUMN note TEXT;
+"#,
+// console: signal values recorded around incidents, for the chart.
+r#"
+CREATE TABLE samples (
+    incident_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    signal TEXT NOT NULL,
+    value REAL NOT NULL
+);
+CREATE INDEX samples_incident ON samples (incident_id, at);
 "#];
 
 /// The state database.
@@ -227,6 +262,14 @@ impl Store {
         self.saves.clone()
     }
 
+    /// A database in memory (`herald test` restarts through it, as the daemon does through
+    /// its file).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let mut store = Store { conn: Connection::open_in_memory()?, saves: SaveHealth::default() };
+        store.migrate()?;
+        Ok(store)
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let tx = self.conn.transaction()?;
@@ -270,6 +313,19 @@ impl Store {
             let inc: Incident = serde_json::from_str(&data?).map_err(|e| StoreError::Corrupt(format!("incident: {e}")))?;
             state.incidents.insert(inc.subject.clone(), inc);
         }
+        // Earlier incidents that still owe something (a postmortem, a legal review).
+        let mut stmt = self.conn.prepare(
+            "SELECT data FROM incidents i WHERE resolved_at IS NOT NULL
+               AND seq < (SELECT MAX(seq) FROM incidents j WHERE j.subject = i.subject)
+               AND (json_extract(data, '$.postmortem_published') = 0 OR json_extract(data, '$.legal_pending') = 1)
+             ORDER BY seq",
+        )?;
+        for data in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let inc: Incident = serde_json::from_str(&data?).map_err(|e| StoreError::Corrupt(format!("incident: {e}")))?;
+            if inc.has_obligations() {
+                state.earlier.entry(inc.subject.clone()).or_default().push(inc);
+            }
+        }
         state.next_incident_seq = self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM incidents", [], |r| r.get::<_, i64>(0))? as u64;
         Ok(state)
     }
@@ -305,15 +361,54 @@ impl Store {
         data.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("incident: {e}")))).transpose()
     }
 
-    /// An incident's events, oldest first: (time, event).
+    /// An incident's whole timeline, oldest first: people's events (with actor and note),
+    /// Herald's decisions and status changes, and its notifications' fate.
+    pub fn timeline(&self, incident_id: &str) -> Result<Vec<TimelineRow>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT at, source, type, data, actor, note FROM events WHERE incident_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([incident_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, Option<String>>(5)?))
+        })?;
+        rows.map(|row| {
+            let (at, source, kind, data, actor, note) = row?;
+            let data = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("event: {e}")))?;
+            Ok(TimelineRow { at, source, kind, data, actor, note })
+        })
+        .collect()
+    }
+
+    /// An incident's people's events, oldest first: (time, event).
     pub fn events(&self, incident_id: &str) -> Result<Vec<(Ts, Event)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT at, data FROM events WHERE incident_id = ?1 ORDER BY seq")?;
+        let mut stmt = self.conn.prepare("SELECT at, data FROM events WHERE incident_id = ?1 AND source = 'person' ORDER BY seq")?;
         let rows = stmt.query_map([incident_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         rows.map(|row| {
             let (at, d) = row?;
             Ok((at, serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("event: {e}")))?))
         })
         .collect()
+    }
+
+    /// Records signal values around incidents (for the console's chart): `(incident id, time,
+    /// signal, value)` rows, in one transaction.
+    pub fn record_samples(&mut self, rows: &[(&str, Ts, &str, f64)]) -> Result<(), StoreError> {
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut ins = tx.prepare_cached("INSERT INTO samples (incident_id, at, signal, value) VALUES (?1, ?2, ?3, ?4)")?;
+                for (id, at, signal, value) in rows {
+                    ins.execute(params![id, at, signal, value])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, false)
+    }
+
+    /// The signal values recorded around an incident, oldest first: (time, signal, value).
+    pub fn samples(&self, incident_id: &str) -> Result<Vec<(Ts, String, f64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT at, signal, value FROM samples WHERE incident_id = ?1 ORDER BY at, signal")?;
+        let rows = stmt.query_map([incident_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Pending entries due at `now`, oldest first.
@@ -350,13 +445,22 @@ impl Store {
             .pop())
     }
 
-    /// Records a delivery attempt's outcome.
+    /// Records a delivery attempt's outcome. A final outcome (sent, failed, suppressed,
+    /// recorded by a dry run) also goes on the incident's timeline.
     pub fn mark(&mut self, id: &str, state: OutboxState, attempts: u32, not_before: Ts, error: Option<&str>, delivered_at: Option<Ts>) -> Result<(), StoreError> {
-        let result = self.conn.execute(
-            "UPDATE outbox SET state = ?2, attempts = ?3, not_before = ?4, last_error = ?5, delivered_at = ?6 WHERE id = ?1",
-            params![id, state.as_str(), attempts, not_before, error, delivered_at],
-        );
-        self.saves.record(result.map(|_| ()).map_err(StoreError::from), false)
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            tx.execute(
+                "UPDATE outbox SET state = ?2, attempts = ?3, not_before = ?4, last_error = ?5, delivered_at = ?6 WHERE id = ?1",
+                params![id, state.as_str(), attempts, not_before, error, delivered_at],
+            )?;
+            if state != OutboxState::Pending {
+                record_notification(&tx, id, delivered_at.unwrap_or(not_before), state, error)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, false)
     }
 
     /// Leases entries to the delivery worker: pushes their `not_before` to `until` in one
@@ -497,11 +601,50 @@ fn write_commit(tx: &Transaction<'_>, state: &State, c: &Commit<'_>) -> Result<(
         }
     }
     {
+        let mut ev = tx.prepare_cached("INSERT INTO events (incident_id, at, type, data, source, actor, note) VALUES (?1, ?2, ?3, ?4, 'person', ?5, ?6)")?;
+        for (id, at, e, n) in &c.noted_events {
+            let data = serde_json::to_string(e).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            ev.execute(params![id, at, e.kind(), data, n.actor, n.note])?;
+        }
+        let mut ev = tx.prepare_cached("INSERT INTO events (incident_id, at, type, data, source) VALUES (?1, ?2, ?3, ?4, 'herald')")?;
+        for t in c.timeline {
+            let data = serde_json::to_string(&t.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            ev.execute(params![t.incident, t.at, t.event.kind(), data])?;
+        }
+        for e in &c.outbox {
+            if e.state == OutboxState::Pending {
+                record_notification(tx, &e.id, e.created_at, OutboxState::Pending, None)?;
+            } else {
+                record_notification(tx, &e.id, e.created_at, e.state, e.last_error.as_deref())?;
+            }
+        }
+    }
+    {
         let mut g = tx.prepare_cached("INSERT INTO group_evals (name, at) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET at = excluded.at")?;
         for (name, at) in &c.group_evals {
             g.execute(params![name, at])?;
         }
     }
+    Ok(())
+}
+
+/// Puts a notification's fate on its incident's timeline (`notification_queued`, `_sent`,
+/// `_failed`, `_suppressed`, `_dry_run`). Entries without an incident are not recorded.
+fn record_notification(tx: &Transaction<'_>, outbox_id: &str, at: Ts, state: OutboxState, error: Option<&str>) -> Result<(), StoreError> {
+    let kind = match state {
+        OutboxState::Pending => "notification_queued",
+        OutboxState::Sent => "notification_sent",
+        OutboxState::Failed => "notification_failed",
+        OutboxState::Suppressed => "notification_suppressed",
+        OutboxState::DryRun => "notification_dry_run",
+    };
+    tx.prepare_cached(
+        "INSERT INTO events (incident_id, at, type, data, source)
+         SELECT json_extract(payload, '$.incident.id'), ?2, ?3,
+                json_object('type', ?3, 'id', id, 'receiver', receiver, 'rule', rule, 'status', status, 'error', ?4), 'herald'
+         FROM outbox WHERE id = ?1 AND json_extract(payload, '$.incident.id') IS NOT NULL",
+    )?
+    .execute(params![outbox_id, at, kind, error])?;
     Ok(())
 }
 
@@ -554,6 +697,7 @@ mod tests {
                         events: vec![("INC-1", 5, &ack)],
                         outbox: vec![entry("n1", 2), entry("n1", 2)],
                         group_evals: vec![("g", 3)],
+                        ..Default::default()
                     },
                 )
                 .unwrap();

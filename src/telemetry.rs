@@ -88,13 +88,47 @@ fn describe_all() {
     describe_gauge!("herald_rule_group_last_duration_seconds", Unit::Seconds, "Duration of the last evaluation of a rule group.");
     describe_counter!("herald_rule_evaluations_total", "Rule group evaluations.");
     describe_counter!("herald_rule_evaluation_failures_total", "Rule group evaluations with at least one signal unavailable.");
-    describe_gauge!("herald_datasource_up", "1 when every query of the last evaluation succeeded.");
+    describe_gauge!("herald_datasource_up", "1 when every query of the group's last evaluation succeeded (0 until its first evaluation).");
     describe_histogram!("herald_datasource_query_duration_seconds", Unit::Seconds, "Duration of datasource queries.");
     describe_gauge!("herald_outbox_pending", "Notifications waiting for delivery.");
     describe_histogram!("herald_notification_delivery_seconds", Unit::Seconds, "Duration of notification delivery attempts, by receiver.");
     describe_gauge!("herald_config_last_reload_successful", "1 when the last configuration (re)load succeeded.");
     describe_gauge!("herald_build_info", "Always 1; the version is a label.");
-    describe_counter!("herald_state_write_failures_total", "Writes to the state database that failed (the daemon is not ready while the last one failed).");
+    describe_gauge!("herald_rule_unknown", "Subjects whose rule condition is unknown now, by rule and reason (absent, query_failed, nan, division_by_zero).");
+    describe_gauge!("herald_signal_series", "Series the signal's last query returned, by group and signal (0: a typo or a missing metric, not \"all is well\").");
+    describe_counter!("herald_state_write_failures_total", "Failed writes of the state database (/-/ready answers 503 until a save succeeds again).");
+}
+
+/// Registers the series whose labels come from the configuration, so they exist from start
+/// and after a reload that adds rules or signals: evaluation failures, unknown rules and
+/// `herald_signal_series{group,signal}` for every query signal. Adds zero, so a reload keeps
+/// the current values ([`register_group`] sets the start values once).
+pub fn register_config_series(config: &crate::config::Config) {
+    metrics::counter!("herald_state_write_failures_total").increment(0);
+    for g in &config.rules.groups {
+        metrics::counter!("herald_rule_evaluation_failures_total", "group" => g.name.clone()).increment(0);
+        for r in &g.rules {
+            for reason in crate::engine::UnknownReason::ALL {
+                metrics::gauge!("herald_rule_unknown", "rule" => r.name.clone(), "reason" => reason.as_str()).increment(0.0);
+            }
+        }
+        for s in g.signals.iter().filter(|s| matches!(s.source, crate::config::SignalSource::Query(_))) {
+            metrics::gauge!("herald_signal_series", "group" => g.name.clone(), "signal" => s.name.clone()).increment(0.0);
+        }
+    }
+}
+
+/// A group's health series exist from start: evaluation failures at 0, the datasource down
+/// until its first evaluation succeeds, no rule unknown yet.
+pub fn register_group(group: &crate::config::Group) {
+    metrics::counter!("herald_rule_evaluation_failures_total", "group" => group.name.clone()).increment(0);
+    metrics::counter!("herald_rule_evaluations_total", "group" => group.name.clone()).increment(0);
+    metrics::gauge!("herald_datasource_up", "group" => group.name.clone()).set(0.0);
+    for r in &group.rules {
+        for reason in crate::engine::UnknownReason::ALL {
+            metrics::gauge!("herald_rule_unknown", "rule" => r.name.clone(), "reason" => reason.as_str()).set(0.0);
+        }
+    }
 }
 
 /// Series with labels known up front start at zero, so dashboards and `rate()` see them.

@@ -90,3 +90,67 @@ fn run_filters_tests_by_name() {
     assert!(out.status.success());
     assert!(stdout.ends_with("1 passed, 0 failed\n"), "{stdout}");
 }
+
+/// Regression fixtures: `evaluation_interval: 0s` panicked, `at: 292y` allocated gigabytes.
+/// Both are refused with located errors, as are intervals under 1s and bad events.
+#[test]
+fn out_of_bounds_test_files_are_refused_with_located_errors() {
+    let run = |f: &str| {
+        let out = herald().args(["test", f]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run("tests/fixtures/test-files/zero-interval.yaml");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("zero-interval.yaml:3:22: evaluation_interval must be at least 1s, not \"0s\""), "{err}");
+    assert!(err.contains("zero-interval.yaml:6:15: interval must be at least 1s, not \"500ms\""), "{err}");
+    let (code, err) = run("tests/fixtures/test-files/far-at.yaml");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("far-at.yaml:10:18: at 200y is beyond the end of the input series (10m plus one interval)"), "{err}");
+    assert!(err.contains("far-at.yaml:12:13: at 292y is beyond the end"), "{err}");
+    assert!(!err.contains("11m"), "11m is within the series plus one interval: {err}");
+    let (code, err) = run("tests/fixtures/test-files/bad-events.yaml");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bad-events.yaml:10:42: ack takes no `channel`"), "{err}");
+    assert!(err.contains("bad-events.yaml:11:52: unknown channel \"fax\""), "{err}");
+    assert!(err.contains("bad-events.yaml:12:28: status needs `value`"), "{err}");
+    assert!(err.contains("bad-events.yaml:16:54: `annotations` can only be expected of instances that fire"), "{err}");
+}
+
+#[test]
+fn annotations_are_matched_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "checkout is failing for 8% of customers: appoint a communications lead now";
+    let p = write_test(dir.path(), &format!("      - at: 6m\n        includes:\n          - rule: ActivateCommsLead\n            annotations:\n              summary: \"{good}\"\n              description: \"SLI 97% is below its 99.9% objective and 8% of active customers are affected (threshold: 5%). Incident INC-1 is open.\"\n"));
+    let out = herald().arg("test").arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // A missing key fails: the match is exact, as promtool's exp_annotations.
+    let p = write_test(dir.path(), &format!("      - at: 6m\n        includes:\n          - rule: ActivateCommsLead\n            annotations:\n              summary: \"{good}\"\n"));
+    let out = herald().arg("test").arg(&p).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("annotations of ActivateCommsLead{service=\"checkout\"}:") && stdout.contains("\"description\": \"SLI 97%"), "{stdout}");
+}
+
+#[test]
+fn explain_shows_signals_clauses_and_for_progress() {
+    let out = herald().args(["test", "--run", "spec example", "--explain", "ActivateCommsLead", "tests/rules/activate.yaml"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let at = |t: &str| {
+        let start = stdout.find(&format!("ActivateCommsLead {{service=\"checkout\"}} at {t}:")).unwrap_or_else(|| panic!("no evaluation at {t}: {stdout}"));
+        let rest = &stdout[start..];
+        rest[..rest[1..].find("ActivateCommsLead {").map_or(rest.len(), |i| i + 1)].to_string()
+    };
+    let pending = at("7m");
+    assert!(pending.contains("at 7m: pending"), "{pending}");
+    assert!(pending.contains("signal sli = 0.97"), "{pending}");
+    assert!(pending.contains("when true   sli < objective and affected_ratio > 0.05"), "{pending}");
+    assert!(pending.contains("- true   affected_ratio > 0.05"), "{pending}");
+    assert!(pending.contains("for: 2m of 5m: fires at the first evaluation at or after 10m"), "{pending}");
+    assert!(at("9m30s").contains("at 9m30s: pending"), "{stdout}");
+    assert!(at("10m").contains("at 10m: firing"), "{stdout}");
+    // An unknown rule is refused.
+    let out = herald().args(["test", "--explain", "NoSuchRule", "tests/rules/activate.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--explain: no rule named \"NoSuchRule\""));
+}

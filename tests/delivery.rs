@@ -191,7 +191,7 @@ groups:
         notify: [RECEIVERS]
       - name: Prompt2
         when: sli < 0.9
-        action: notify
+        action: internal_only
         severity: info
         notify: [RECEIVERS]
 "#;
@@ -254,6 +254,7 @@ fn decision(
     let (action, severity) = match rule {
         "Page" => (Action::ActivateCommsLead, Severity::Critical),
         "Prompt" => (Action::SuggestUpdate, Severity::Warning),
+        "Prompt2" => (Action::InternalOnly, Severity::Info),
         _ => (Action::Notify, Severity::Info),
     };
     let mut annotations = BTreeMap::new();
@@ -807,7 +808,7 @@ async fn alertmanager_goes_to_every_peer_and_one_acceptance_is_enough() {
 }
 
 #[tokio::test]
-async fn chat_prompts_are_grouped_and_min_interval_suppresses_later_prompts() {
+async fn chat_prompts_are_grouped_and_min_interval_defers_later_prompts() {
     let slack = Server::start(vec![]).await;
     let receivers = format!(
         "  - name: grp-slack\n    type: slack\n    url: {}\n",
@@ -861,11 +862,11 @@ async fn chat_prompts_are_grouped_and_min_interval_suppresses_later_prompts() {
         .expect("the suggest_update decision is listed");
     let info = text
         .find("Prompt2 says")
-        .expect("the notify decision is listed");
+        .expect("the internal_only decision is listed");
     assert!(warn < info, "the more severe decision comes first: {text}");
     assert!(body["text"].as_str().unwrap().contains("(+1 more)"));
 
-    // A later prompt for the same incident within min_interval is suppressed…
+    // A later prompt for the same incident within min_interval waits for it to end…
     let third = enqueue(
         &e.shared,
         &[decision(
@@ -876,11 +877,15 @@ async fn chat_prompts_are_grouped_and_min_interval_suppresses_later_prompts() {
             &["grp-slack"],
         )],
     );
-    wait_for("suppression", Duration::from_secs(10), || {
-        entry(&e.shared, &third[0].id).state == OutboxState::Suppressed
+    wait_for("deferral", Duration::from_secs(10), || {
+        entry(&e.shared, &third[0].id).last_error.as_deref() == Some("deferred by min_interval")
     })
     .await;
-    // …but a page and a resolution are not.
+    let deferred = entry(&e.shared, &third[0].id);
+    let sent_at = entry(&e.shared, &first[0].id).delivered_at.unwrap();
+    assert_eq!(deferred.state, OutboxState::Pending, "deferred, not dropped");
+    assert_eq!(deferred.not_before, sent_at + 3_600_000, "until min_interval has passed");
+    // …but a page, a notify (telemetry warning) and a resolution are not.
     let page = enqueue(
         &e.shared,
         &[decision(
@@ -891,6 +896,17 @@ async fn chat_prompts_are_grouped_and_min_interval_suppresses_later_prompts() {
             &["grp-slack"],
         )],
     );
+    let gap = enqueue(
+        &e.shared,
+        &[decision(
+            "TelemetryGap",
+            DecisionStatus::Firing,
+            "checkout",
+            inc,
+            &["grp-slack"],
+        )],
+    );
+    assert_eq!(gap[0].not_before, gap[0].created_at, "a notify is not delayed by group_wait");
     let res = enqueue(
         &e.shared,
         &[decision(
@@ -901,18 +917,42 @@ async fn chat_prompts_are_grouped_and_min_interval_suppresses_later_prompts() {
             &["grp-slack"],
         )],
     );
-    wait_for("page and resolution", Duration::from_secs(10), || {
-        entry(&e.shared, &page[0].id).state == OutboxState::Sent
-            && entry(&e.shared, &res[0].id).state == OutboxState::Sent
+    wait_for("page, notify and resolution", Duration::from_secs(10), || {
+        [&page[0].id, &gap[0].id, &res[0].id].iter().all(|id| entry(&e.shared, id).state == OutboxState::Sent)
     })
     .await;
     stop(&e.shared, h).await;
-    assert_eq!(slack.requests().len(), 3);
-    assert_eq!(notifications_total("grp-slack", "suppressed"), 1.0);
-    assert_eq!(
-        entry(&e.shared, &third[0].id).last_error.as_deref(),
-        Some("min_interval")
-    );
+    assert_eq!(slack.requests().len(), 4);
+    assert_eq!(entry(&e.shared, &third[0].id).state, OutboxState::Pending);
+}
+
+/// A deferred prompt is sent when min_interval ends if its rule still fires, and dropped
+/// (recorded `suppressed`) if it no longer does.
+#[tokio::test]
+async fn a_deferred_prompt_is_sent_only_if_its_rule_still_fires() {
+    let slack = Server::start(vec![]).await;
+    let receivers = format!("  - name: defer-slack\n    type: slack\n    url: {}\n", slack.url("/s"));
+    let e = env(&receivers, &["defer-slack"], "  group_wait: 0s\n  min_interval: 2s", false);
+    let inc = Some(("INC-7", 1_699_999_000_000));
+    let subject = herald::engine::Subject::new([("service", "checkout")]);
+    let firing = herald::engine::Instance { phase: herald::engine::Phase::Firing, active_at: 0, fired_at: Some(0), keep_firing_since: None, last_eval: 0 };
+    e.shared.core.lock().unwrap().state.instances.entry("Prompt".into()).or_default().insert(subject, firing);
+    let (_w, h) = start(&e.shared, fast_tuning());
+    let page = enqueue(&e.shared, &[decision("Page", DecisionStatus::Firing, "checkout", inc, &["defer-slack"])]);
+    wait_for("page", Duration::from_secs(10), || entry(&e.shared, &page[0].id).state == OutboxState::Sent).await;
+    let still = enqueue(&e.shared, &[decision("Prompt", DecisionStatus::Firing, "checkout", inc, &["defer-slack"])]);
+    let gone = enqueue(&e.shared, &[decision("Prompt2", DecisionStatus::Firing, "checkout", inc, &["defer-slack"])]);
+    wait_for("both deferred", Duration::from_secs(10), || {
+        [&still[0].id, &gone[0].id].iter().all(|id| entry(&e.shared, id).last_error.as_deref() == Some("deferred by min_interval"))
+    })
+    .await;
+    wait_for("the end of min_interval", Duration::from_secs(15), || {
+        entry(&e.shared, &still[0].id).state == OutboxState::Sent && entry(&e.shared, &gone[0].id).state == OutboxState::Suppressed
+    })
+    .await;
+    stop(&e.shared, h).await;
+    assert_eq!(entry(&e.shared, &gone[0].id).last_error.as_deref(), Some("min_interval: the rule no longer fires"));
+    assert_eq!(slack.requests().len(), 2, "the page and the prompt whose rule still fires");
 }
 
 #[tokio::test]

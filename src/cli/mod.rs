@@ -60,12 +60,16 @@ pub struct CheckArgs {
 /// `herald test`.
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// Test files (spec §5).
+    /// Test files (rule unit tests, see the README).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Only run tests whose name matches this regex.
     #[arg(long)]
     pub run: Option<String>,
+    /// Explain every evaluation of this rule: each signal's value (or why it has none), each
+    /// clause of `when` (true / false / unknown), `for` / `keep_firing_for` progress, state.
+    #[arg(long, value_name = "RULE")]
+    pub explain: Option<String>,
 }
 
 /// Exit code for a failed check or test.

@@ -66,6 +66,7 @@ async fn run_async(config: config::Config, dry_run: bool, fresh_state: bool) -> 
     };
     // Install the recorder before anything records a metric.
     crate::telemetry::install();
+    crate::telemetry::register_config_series(&config);
 
     let reload = Arc::new(tokio::sync::Notify::new());
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::{TestArgs, EXIT_FAILED, EXIT_USAGE};
-use crate::testing::{run_file, FileError};
+use crate::testing::{run_file_with, FileError, RunOptions};
 
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let filter = match &args.run {
@@ -11,11 +11,20 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let (mut passed, mut failed, mut worst) = (0usize, 0usize, 0u8);
+    let options = RunOptions { explain: args.explain.clone() };
     for path in &args.files {
-        match run_file(path) {
+        match run_file_with(path, &options) {
             Ok(outcomes) => {
                 println!("{}:", path.display());
                 for o in outcomes.iter().filter(|o| filter.as_ref().is_none_or(|f| f.is_match(&o.name))) {
+                    if !o.explanations.is_empty() {
+                        println!("  EXPLAIN  {}", o.name);
+                        for e in &o.explanations {
+                            for line in e.lines() {
+                                println!("        {line}");
+                            }
+                        }
+                    }
                     if o.failures.is_empty() {
                         passed += 1;
                         println!("  PASS  {}", o.name);

@@ -39,9 +39,21 @@ pub struct Config {
     pub api_token: Option<String>,
     /// `api.read_requires_token`: reads of `/api/…` need the token too (default false).
     pub api_read_requires_token: bool,
+    pub console: ConsoleConfig,
     /// Rule files after glob expansion.
     pub rule_files: Vec<PathBuf>,
     pub rules: RuleSet,
+    /// This replica's share of the subjects (`shard:`; default: all of them).
+    pub shard: crate::shard::Shard,
+}
+
+/// `console:`: when the console shows the next public update as due.
+#[derive(Clone, Debug)]
+pub struct ConsoleConfig {
+    /// The first public update is due this long after the incident opened (default 15m).
+    pub first_update_due: Duration,
+    /// Each next update is due this long after the last one (default 30m).
+    pub update_due: Duration,
 }
 
 /// `global:`.
@@ -406,6 +418,11 @@ impl Validator<'_> {
             self.err(r, "read_requires_token needs api.token_file (the token readers must present)");
         }
 
+        let console = ConsoleConfig {
+            first_update_due: self.duration(&raw.console.first_update_due, Duration::from_secs(15 * 60)),
+            update_due: self.duration(&raw.console.update_due, Duration::from_secs(30 * 60)),
+        };
+
         // rule files
         let mut rule_files = Vec::new();
         if raw.rule_files.is_empty() {
@@ -469,6 +486,7 @@ impl Validator<'_> {
                 }
             }
         }
+        let shard = self.shard(&raw.shard);
         Some(Config {
             path: path.to_path_buf(),
             global: Global { evaluation_interval, listen, state_dir, external_url, timezone },
@@ -479,9 +497,25 @@ impl Validator<'_> {
             maintenance_windows,
             api_token,
             api_read_requires_token,
+            console,
             rule_files,
             rules: rules?,
+            shard,
         })
+    }
+
+    /// `shard: {index, total}`: `total` >= 1 and `index` < `total`.
+    fn shard(&mut self, raw: &Option<yaml::RawShard>) -> crate::shard::Shard {
+        let Some(raw) = raw else { return crate::shard::Shard::default() };
+        if raw.total.value == 0 {
+            self.err(&raw.total, "shard.total must be at least 1");
+            return crate::shard::Shard::default();
+        }
+        if raw.index.value >= raw.total.value {
+            self.err(&raw.index, format!("shard.index must be below shard.total ({}): shards are numbered 0 to {}", raw.total.value, raw.total.value - 1));
+            return crate::shard::Shard::default();
+        }
+        crate::shard::Shard { index: raw.index.value, total: raw.total.value }
     }
 
     fn timezone(&mut self, tz: &Spanned<String>) -> chrono_tz::Tz {
@@ -768,6 +802,24 @@ impl Validator<'_> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    fn load_with(extra: &str) -> Result<Config, Diagnostics> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), "groups: []\n").unwrap();
+        let path = dir.path().join("herald.yaml");
+        std::fs::write(&path, format!("prometheus: {{url: 'http://127.0.0.1:9'}}\nrule_files: [rules.yaml]\n{extra}")).unwrap();
+        load_config(&path, &|_| None).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn shard_defaults_to_everything_and_refuses_an_index_outside_total() {
+        assert_eq!(load_with("").unwrap().shard, crate::shard::Shard { index: 0, total: 1 });
+        assert_eq!(load_with("shard: {index: 1, total: 3}\n").unwrap().shard, crate::shard::Shard { index: 1, total: 3 });
+        let e = load_with("shard: {index: 3, total: 3}\n").unwrap_err().to_string();
+        assert!(e.contains("herald.yaml:3:") && e.contains("shard.index must be below shard.total (3): shards are numbered 0 to 2"), "{e}");
+        let e = load_with("shard:\n  index: 0\n  total: 0\n").unwrap_err().to_string();
+        assert!(e.contains("herald.yaml:5:10: shard.total must be at least 1"), "{e}");
+    }
 
     #[test]
     fn cron_is_five_field_posix() {

@@ -128,6 +128,16 @@ pub struct RawTest {
     pub input: Vec<RawInput>,
     #[serde(default)]
     pub expect: Vec<RawExpect>,
+    /// Times Herald is down: no evaluation in `[from, until)`, then a restart from the saved state.
+    #[serde(default)]
+    pub downtime: Vec<RawDowntime>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDowntime {
+    pub from: Spanned<String>,
+    pub until: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +164,13 @@ pub struct RawEvent {
     pub severity: Option<Spanned<String>>,
     #[serde(default)]
     pub security: Option<bool>,
+    #[serde(default)]
+    pub actor: Option<Spanned<String>>,
+    #[serde(default)]
+    pub note: Option<Spanned<String>>,
+    /// The incident by id (default: the subject's latest), as the API addresses it.
+    #[serde(default)]
+    pub incident: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +191,9 @@ pub struct RawInstance {
     pub rule: Spanned<String>,
     #[serde(default)]
     pub subject: Option<BTreeMap<String, String>>,
+    /// The instance's annotations, matched exactly (like promtool's `exp_annotations`).
+    #[serde(default)]
+    pub annotations: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,7 +217,22 @@ pub struct ConfigFile {
     #[serde(default)]
     pub api: RawApi,
     #[serde(default)]
+    pub console: RawConsole,
+    #[serde(default)]
     pub rule_files: Vec<Spanned<String>>,
+    /// `shard: {index, total}`: evaluate only this replica's share of the subjects.
+    #[serde(default)]
+    pub shard: Option<RawShard>,
+}
+
+/// `console:` — the web console's update targets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    #[serde(default)]
+    pub first_update_due: Option<Spanned<String>>,
+    #[serde(default)]
+    pub update_due: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -366,4 +401,12 @@ pub struct RawApi {
     pub token_file: Option<Spanned<String>>,
     #[serde(default)]
     pub read_requires_token: Option<Spanned<bool>>,
+}
+
+/// `shard:` in `herald.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShard {
+    pub index: Spanned<u32>,
+    pub total: Spanned<u32>,
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Config, SignalSource};
-use crate::engine::{ChangeKind, GroupInput, Phase, SlotValues, StepOutput, Ts};
+use crate::engine::{ChangeKind, GroupInput, Phase, SlotValues, StepOutput, Ts, UnknownReason};
 use crate::source::tickets::TicketSourceClient;
 use crate::source::{key_by_subject, MetricsSource, TicketCounter};
 use crate::store::Commit;
@@ -34,7 +34,12 @@ pub fn ticket_clients<S: MetricsSource>(config: &Config, source: &Arc<S>) -> Tic
 #[derive(Clone, Debug, Default)]
 pub struct SignalCache {
     entries: HashMap<usize, (Ts, HashMap<crate::engine::Subject, f64>)>,
+    /// Per rule: evaluations in a row where it was unknown for every subject (warned once at 10).
+    unknown_streak: HashMap<String, u32>,
 }
+
+/// Evaluations in a row a rule may be unknown for every subject before a warning is logged.
+pub const UNKNOWN_WARN_AFTER: u32 = 10;
 
 /// What one evaluation did, for logs, tests and benchmarks.
 #[derive(Clone, Debug, Default)]
@@ -88,7 +93,12 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let result = source.instant(q, now).await;
         metrics::histogram!("herald_datasource_query_duration_seconds").record(t.elapsed().as_secs_f64());
         match result.and_then(|samples| key_by_subject(&samples, &group.subject_labels)) {
-            Ok(m) => {
+            Ok(mut m) => {
+                metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(m.len() as f64);
+                // Sharding: this replica evaluates only its share of the subjects.
+                if config.shard.total > 1 {
+                    m.retain(|subject, _| config.shard.owns(subject));
+                }
                 if *cached {
                     cache.entries.insert(*slot, (now, m.clone()));
                 }
@@ -96,15 +106,14 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             }
             Err(e) => {
                 all_ok = false;
+                metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(0.0);
                 tracing::warn!(group = %group.name, signal = %name, error = %e, "signal unavailable; rules that use it are unknown");
                 report.failed_signals.push((name.to_string(), e.to_string()));
                 input.slots[*slot] = SlotValues::Unavailable(e.to_string());
             }
         }
     }
-    if !queries.is_empty() {
-        metrics::gauge!("herald_datasource_up").set(if all_ok { 1.0 } else { 0.0 });
-    }
+    metrics::gauge!("herald_datasource_up", "group" => group.name.clone()).set(if all_ok { 1.0 } else { 0.0 });
     if !all_ok {
         metrics::counter!("herald_rule_evaluation_failures_total", "group" => group.name.clone()).increment(1);
     }
@@ -167,6 +176,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let mut core = shared2.core.lock().expect("core lock");
         let snapshot = core.state.clone();
         let out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
+        let input = Arc::new(input);
+        shared2.last_inputs.lock().expect("last inputs lock").insert(group.name.clone(), (now, input.clone()));
         let planner = shared2.planner.read().expect("planner lock").clone();
         let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
         let incidents: Vec<_> = out.incidents.iter().map(|c| &c.incident).collect();
@@ -176,6 +187,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             events: Vec::new(),
             outbox: entries,
             group_evals: vec![(group.name.as_str(), now)],
+            noted_events: Vec::new(),
+            timeline: &out.timeline,
         };
         let enqueued = commit.outbox.len();
         let core = &mut *core;
@@ -188,6 +201,12 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                     .map(|r| (r.name.as_str(), core.state.instances.get(&r.name).map_or(0, |m| m.values().filter(|i| i.phase == Phase::Firing).count())))
                     .collect();
                 record_metrics(group, &out, open, &firing);
+                let samples = super::samples::collect(group, &input, &core.state, now);
+                if !samples.is_empty() {
+                    if let Err(e) = core.store.record_samples(&samples) {
+                        tracing::warn!(group = %group.name, error = %e, "could not record incident samples for the console chart");
+                    }
+                }
                 (out, enqueued, true)
             }
             Err(e) => {
@@ -202,6 +221,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         Ok((out, enqueued, committed)) => {
             if committed {
                 log_step(group, &out);
+                record_unknown(group, &out, &mut cache.unknown_streak);
             }
             report.output = out;
             report.enqueued = enqueued;
@@ -237,6 +257,33 @@ fn log_step(group: &crate::config::Group, out: &StepOutput) {
             ChangeKind::Opened => tracing::info!(incident = %i.id, subject = %i.subject, severity = i.severity.as_str(), rule = i.activating_rule.as_deref().unwrap_or("-"), "incident opened"),
             ChangeKind::Resolved => tracing::info!(incident = %i.id, subject = %i.subject, "incident resolved"),
             ChangeKind::Updated => tracing::debug!(incident = %i.id, "incident updated"),
+        }
+    }
+}
+
+/// `herald_rule_unknown{rule,reason}` for every rule of the group, and one warning when a
+/// rule has been unknown for every subject for [`UNKNOWN_WARN_AFTER`] evaluations in a row.
+fn record_unknown(group: &crate::config::Group, out: &StepOutput, streaks: &mut HashMap<String, u32>) {
+    for (rule, counts) in group.rules.iter().zip(&out.unknown_by_rule) {
+        for reason in UnknownReason::ALL {
+            metrics::gauge!("herald_rule_unknown", "rule" => rule.name.clone(), "reason" => reason.as_str()).set(counts[reason as usize] as f64);
+        }
+        let total: u64 = counts.iter().sum();
+        let streak = streaks.entry(rule.name.clone()).or_default();
+        if out.subjects > 0 && total == out.subjects as u64 {
+            *streak += 1;
+            if *streak == UNKNOWN_WARN_AFTER {
+                let (reason, n) = UnknownReason::ALL.iter().map(|r| (*r, counts[*r as usize])).max_by_key(|(_, n)| *n).expect("four reasons");
+                tracing::warn!(
+                    group = %group.name,
+                    rule = %rule.name,
+                    reason = reason.as_str(),
+                    subjects = n,
+                    "rule has been unknown for every subject for {UNKNOWN_WARN_AFTER} evaluations: it can neither fire nor resolve (check its signals' queries)"
+                );
+            }
+        } else {
+            *streak = 0;
         }
     }
 }

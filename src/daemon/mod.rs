@@ -10,8 +10,9 @@
 
 mod eval;
 mod reload;
+mod samples;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -23,7 +24,7 @@ pub use eval::{evaluate_group_once, EvalReport, SignalCache, Tickets};
 pub use reload::{reload, ReloadError, ReloadSummary};
 
 use crate::config::Config;
-use crate::engine::{Engine, State, Ts};
+use crate::engine::{Engine, GroupInput, State, Ts};
 use crate::notify::plan::Planner;
 use crate::source::MetricsSource;
 use crate::state_dir::{self, Database, StateDirError};
@@ -67,6 +68,12 @@ pub struct Shared {
     pub reloaded: tokio::sync::watch::Sender<u64>,
     /// Whether the last write to the state database failed (readiness reads it lock-free).
     pub saves: SaveHealth,
+    /// Each group's last evaluated tick (from the store at start, then from every evaluation):
+    /// a group resumes on its schedule without evaluating the same tick twice, after a restart
+    /// and after a reload (so a reload storm never becomes a query storm).
+    pub resume: Mutex<HashMap<String, Ts>>,
+    /// Each group's last evaluation: its time and input, for `GET /api/v1/rules/{rule}/explain`.
+    pub last_inputs: Mutex<HashMap<String, (Ts, Arc<GroupInput>)>>,
 }
 
 impl Shared {
@@ -114,6 +121,8 @@ impl Shared {
             shutdown: CancellationToken::new(),
             reloaded: tokio::sync::watch::Sender::new(0),
             saves,
+            resume: Mutex::new(last),
+            last_inputs: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -186,10 +195,15 @@ pub async fn run<S: MetricsSource + 'static>(
 /// configuration is reloaded: a group task finishes the evaluation it is in, then stops.
 async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source: Arc<S>) {
     let mut reloads = shared.reloaded.subscribe();
-    let last_runs = LastRuns::default();
+    // Every group's health series exist from start (and from the reload that adds the group).
+    crate::telemetry::install();
+    let mut registered: HashSet<String> = HashSet::new();
     loop {
         reloads.mark_unchanged();
         let config = shared.config();
+        for g in config.rules.groups.iter().filter(|g| registered.insert(g.name.clone())) {
+            crate::telemetry::register_group(g);
+        }
         let tickets = Arc::new(eval::ticket_clients(&config, &source));
         let stop = shared.shutdown.child_token();
         let mut set = tokio::task::JoinSet::new();
@@ -200,7 +214,7 @@ async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source
         }
         for gi in 0..config.rules.groups.len() {
             let first = first_pending.clone();
-            set.spawn(group_task(shared.clone(), source.clone(), tickets.clone(), config.clone(), gi, stop.clone(), first, last_runs.clone()));
+            set.spawn(group_task(shared.clone(), source.clone(), tickets.clone(), config.clone(), gi, stop.clone(), first));
         }
         let reloaded = tokio::select! {
             _ = shared.shutdown.cancelled() => false,
@@ -215,13 +229,7 @@ async fn evaluation_loop<S: MetricsSource + 'static>(shared: Arc<Shared>, source
     }
 }
 
-/// When each group (by name) last started an evaluation. Restarted group tasks keep to this
-/// schedule instead of evaluating at once, so a reload (or a storm of them) never adds queries.
-type LastRuns = Arc<Mutex<HashMap<String, tokio::time::Instant>>>;
-
-/// Evaluates one group on its interval until `stop` is cancelled; the first evaluation is one
-/// interval after the group's last one (at once for a new group).
-#[allow(clippy::too_many_arguments)]
+/// Evaluates one group on its interval until `stop` is cancelled.
 async fn group_task<S: MetricsSource + 'static>(
     shared: Arc<Shared>,
     source: Arc<S>,
@@ -230,29 +238,111 @@ async fn group_task<S: MetricsSource + 'static>(
     gi: usize,
     stop: CancellationToken,
     first_pending: Arc<AtomicUsize>,
-    last_runs: LastRuns,
 ) {
     let group = &config.rules.groups[gi];
     let interval = group.interval_or(config.global.evaluation_interval);
-    let now = tokio::time::Instant::now();
-    let start = last_runs.lock().expect("last runs lock").get(&group.name).map_or(now, |last| (*last + interval).max(now));
-    let mut tick = tokio::time::interval_at(start, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let schedule = Schedule::new(&group.name, interval);
+    // The first tick: the latest one at or before now (so a fresh start evaluates at once),
+    // unless the previous run — or this one, before a reload — already evaluated it.
+    let mut tick = schedule.floor(now_ms());
+    if shared.resume.lock().expect("resume lock").get(&group.name).is_some_and(|last| *last >= tick) {
+        tick += schedule.every;
+    }
     let mut cache = SignalCache::default();
     let mut first_done = false;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {
-                last_runs.lock().expect("last runs lock").insert(group.name.clone(), tokio::time::Instant::now());
-                evaluate_group_once(&shared, source.as_ref(), &tickets, &mut cache, &config, gi, now_ms()).await;
-                if !first_done {
-                    first_done = true;
-                    if first_pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        shared.ready.store(true, Ordering::Relaxed);
-                    }
+        let wait = tick - now_ms();
+        if wait > 0 {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        // The engine sees the tick's time, not the clock read: jitter never costs a `for`
+        // an extra evaluation.
+        evaluate_group_once(&shared, source.as_ref(), &tickets, &mut cache, &config, gi, tick).await;
+        shared.resume.lock().expect("resume lock").insert(group.name.clone(), tick);
+        if !first_done {
+            first_done = true;
+            if first_pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.ready.store(true, Ordering::Relaxed);
+            }
+        }
+        // The next tick; when an evaluation overran, missed ticks are skipped.
+        tick = (tick + schedule.every).max(schedule.floor(now_ms()));
+    }
+}
+
+/// A group's evaluation schedule: ticks at `offset + k × every` (unix ms), as Prometheus
+/// aligns rule groups. The offset is a stable hash of the group name, so groups with the
+/// same interval do not all query at the same instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub every: Ts,
+    pub offset: Ts,
+}
+
+impl Schedule {
+    /// The schedule of a group.
+    pub fn new(group: &str, interval: Duration) -> Schedule {
+        use sha2::{Digest, Sha256};
+        let every = (interval.as_millis() as Ts).max(1);
+        let h = Sha256::digest(group.as_bytes());
+        let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+        Schedule { every, offset: (n % every as u64) as Ts }
+    }
+
+    /// The latest tick at or before `t`.
+    pub fn floor(&self, t: Ts) -> Ts {
+        (t - self.offset).div_euclid(self.every) * self.every + self.offset
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Ticks are aligned and `floor` is the latest one at or before t.
+        #[test]
+        fn floor_is_the_latest_aligned_tick(t in 0i64..4_000_000_000_000, every_s in 1u64..3600, name in "[a-z]{1,8}") {
+            let s = Schedule::new(&name, Duration::from_secs(every_s));
+            let f = s.floor(t);
+            prop_assert!(f <= t && t - f < s.every);
+            prop_assert_eq!((f - s.offset).rem_euclid(s.every), 0);
+            prop_assert_eq!(s, Schedule::new(&name, Duration::from_secs(every_s)), "stable across runs");
+        }
+
+        /// Whatever the jitter of the wake-ups (up to half an interval late), the evaluation
+        /// times are exactly one interval apart, so `for: 30s` at 15s fires on the third
+        /// true evaluation, never the fourth (regression: 29.997s < 30s).
+        #[test]
+        fn jitter_never_costs_an_evaluation(jitters in proptest::collection::vec(0i64..7_500, 3..10)) {
+            let s = Schedule::new("comms-lead", Duration::from_secs(15));
+            let mut tick = s.floor(1_700_000_000_000);
+            let mut times = Vec::new();
+            for j in jitters {
+                let woke = tick + j; // the clock read when the task wakes
+                times.push(tick);
+                tick = (tick + s.every).max(s.floor(woke));
+            }
+            for w in times.windows(2) {
+                prop_assert_eq!(w[1] - w[0], 15_000);
+            }
+            let mut state = None;
+            let mut fired_at = None;
+            for (i, t) in times.iter().enumerate() {
+                let (next, change) = crate::engine::instance::step(state.take(), crate::expr::Truth::True, *t, 30_000, 0);
+                state = next;
+                if change.is_some_and(|c| c.1 == crate::engine::Phase::Firing) && fired_at.is_none() {
+                    fired_at = Some(i);
                 }
             }
+            prop_assert_eq!(fired_at, Some(2));
         }
     }
 }

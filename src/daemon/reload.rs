@@ -78,6 +78,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadSummary, ReloadError> {
         warnings: warnings.0.iter().map(|d| d.to_string()).collect(),
         needs_restart,
     };
+    crate::telemetry::register_config_series(&cfg);
     {
         // Both under their write locks at once, so no reader sees a config with another planner.
         let mut c = shared.config.write().expect("config lock");

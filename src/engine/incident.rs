@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::event::Event;
+use super::event::HeraldEvent;
 use super::instance::Ts;
 use super::subject::Subject;
 use crate::config::Severity;
@@ -61,24 +63,6 @@ impl Channel {
     }
 }
 
-/// Something that happened to an incident (spec §7 event types, plus `declare`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
-    Declare { severity: Severity, #[serde(default)] security: bool },
-    Ack,
-    PublicUpdate { channel: Channel },
-    Status { value: Status },
-    Security,
-    InternalOnly,
-    LegalRequested,
-    LegalApproved,
-    Correction,
-    FalsePositive,
-    PostmortemPublished,
-    Resolve,
-}
-
 impl Serialize for Severity {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -88,26 +72,6 @@ impl<'de> Deserialize<'de> for Severity {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Severity::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown severity {s:?} (valid: critical, warning, info)")))
-    }
-}
-
-impl Event {
-    /// The event's type name, as in the API.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Event::Declare { .. } => "declare",
-            Event::Ack => "ack",
-            Event::PublicUpdate { .. } => "public_update",
-            Event::Status { .. } => "status",
-            Event::Security => "security",
-            Event::InternalOnly => "internal_only",
-            Event::LegalRequested => "legal_requested",
-            Event::LegalApproved => "legal_approved",
-            Event::Correction => "correction",
-            Event::FalsePositive => "false_positive",
-            Event::PostmortemPublished => "postmortem_published",
-            Event::Resolve => "resolve",
-        }
     }
 }
 
@@ -138,8 +102,28 @@ pub struct Incident {
     /// The rule that opened it; it resolves when that rule has been inactive for its
     /// `resolve_after`. `None` for incidents declared by hand (they resolve through the API).
     pub activating_rule: Option<String>,
-    /// Since when the activating rule has been known-inactive.
+    /// Since when the activating rule has been known-inactive (the `resolve_after` countdown).
+    /// Shifted forward across unknown evaluations and downtime, so only known-inactive time
+    /// counts; persisted with the incident, so the countdown survives restarts.
     pub clear_since: Option<Ts>,
+    /// The last evaluation that saw the countdown running: the time after it is shifted out
+    /// of `clear_since` when the next evaluation is unknown, or after a restart.
+    #[serde(default)]
+    pub countdown_at: Option<Ts>,
+    /// A person set the status: Herald no longer moves it (nor resolves the incident) itself.
+    #[serde(default)]
+    pub status_by_person: bool,
+}
+
+/// What the activating rule's instance shows for an incident at one evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// The rule's condition could not be decided: nothing moves, the countdown pauses.
+    Unknown,
+    /// The instance is live (pending or firing).
+    Live { firing: bool },
+    /// The instance is known inactive.
+    Inactive,
 }
 
 /// What applying an event changed, for comms metrics (durations in seconds).
@@ -193,6 +177,8 @@ impl Incident {
             false_positive: false,
             activating_rule,
             clear_since: None,
+            countdown_at: None,
+            status_by_person: false,
         }
     }
 
@@ -217,11 +203,78 @@ impl Incident {
         self.legal_hold = true;
     }
 
-    /// Applies an event. Events on a resolved incident are refused, except the ones that
-    /// make sense after resolution (postmortem, correction, false positive).
+    /// Whether it owes customers a postmortem: resolved, critical, none published yet.
+    pub fn owes_postmortem(&self) -> bool {
+        !self.is_open() && self.severity == Severity::Critical && !self.postmortem_published
+    }
+
+    /// Whether it still has an obligation that outlives resolution (a postmortem owed, a
+    /// legal review pending): the engine keeps such incidents in memory after a newer one.
+    pub fn has_obligations(&self) -> bool {
+        !self.is_open() && (self.owes_postmortem() || self.legal_pending)
+    }
+
+    /// Follows the evidence of the activating rule at one evaluation (see "Incident lifecycle"
+    /// in the README): `monitoring` once the rule stops firing, `investigating` when it fires
+    /// again, resolved after `resolve_after` of known-inactive time. Unknown evaluations pause
+    /// the countdown (its start is shifted forward). A status set by a person is left alone.
+    /// Returns whether the incident changed (it must be persisted) and the status changes.
+    pub fn follow(&mut self, evidence: Evidence, now: Ts, resolve_after_ms: i64) -> (bool, Option<HeraldEvent>) {
+        if !self.is_open() {
+            return (false, None);
+        }
+        let before = (self.clear_since, self.countdown_at, self.status);
+        let mut change = None;
+        match evidence {
+            Evidence::Unknown => {
+                if let (Some(since), Some(last)) = (self.clear_since.as_mut(), self.countdown_at.as_mut()) {
+                    *since += (now - *last).max(0);
+                    *last = now;
+                }
+            }
+            Evidence::Live { firing } => {
+                self.clear_since = None;
+                self.countdown_at = None;
+                if firing && self.status == Status::Monitoring && !self.status_by_person {
+                    self.status = Status::Investigating;
+                    change = Some(HeraldEvent::StatusChanged { from: Status::Monitoring, to: Status::Investigating, reason: "its rule fires again".into() });
+                }
+            }
+            Evidence::Inactive => {
+                let since = *self.clear_since.get_or_insert(now);
+                self.countdown_at = Some(now);
+                if !self.status_by_person {
+                    if now - since >= resolve_after_ms {
+                        let from = self.status;
+                        self.resolve(now);
+                        change = Some(HeraldEvent::StatusChanged { from, to: Status::Resolved, reason: "its rule has been inactive for resolve_after".into() });
+                    } else if self.status == Status::Investigating || self.status == Status::Identified {
+                        let from = self.status;
+                        self.status = Status::Monitoring;
+                        change = Some(HeraldEvent::StatusChanged { from, to: Status::Monitoring, reason: "its rule stopped firing".into() });
+                    }
+                }
+            }
+        }
+        ((self.clear_since, self.countdown_at, self.status) != before, change)
+    }
+
+    /// Applies an event. On a resolved incident, only what makes sense after resolution is
+    /// accepted (postmortem, correction, false positive, public update, legal review); a second
+    /// `resolve` is accepted and changes nothing.
     pub fn apply(&mut self, event: &Event, at: Ts) -> Result<Effect, EventError> {
         let mut fx = Effect::default();
-        let after_resolution_ok = matches!(event, Event::PostmortemPublished | Event::Correction | Event::FalsePositive | Event::PublicUpdate { .. });
+        let after_resolution_ok = matches!(
+            event,
+            Event::PostmortemPublished
+                | Event::Correction
+                | Event::FalsePositive
+                | Event::PublicUpdate { .. }
+                | Event::LegalRequested
+                | Event::LegalApproved
+                | Event::Resolve
+                | Event::Status { value: Status::Resolved }
+        );
         if !self.is_open() && !after_resolution_ok {
             return Err(EventError::AlreadyResolved(self.id.clone()));
         }
@@ -249,10 +302,15 @@ impl Incident {
                 }
             }
             Event::Status { value: Status::Resolved } | Event::Resolve => {
-                self.resolve(at);
-                fx.resolved = true;
+                if self.is_open() {
+                    self.resolve(at);
+                    fx.resolved = true;
+                }
             }
-            Event::Status { value } => self.status = *value,
+            Event::Status { value } => {
+                self.status = *value;
+                self.status_by_person = true;
+            }
             Event::Security => self.security = true,
             Event::InternalOnly => self.internal_only = true,
             Event::LegalRequested => {
@@ -304,6 +362,7 @@ impl Incident {
             since_status_page_update: since(self.last_status_page_update_at.unwrap_or(self.opened_at)),
             postmortem_published: self.postmortem_published,
             since_resolved: self.resolved_at.and_then(since),
+            postmortems_owed: if self.owes_postmortem() && !self.legal_hold { 1.0 } else { 0.0 },
         }
     }
 }

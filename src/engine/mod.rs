@@ -16,6 +16,8 @@
 //!    for its `resolve_after`;
 //! 5. decisions (firing / resolved) are emitted with rendered annotations.
 
+pub mod event;
+pub mod explain;
 pub mod incident;
 pub mod instance;
 pub mod subject;
@@ -25,7 +27,8 @@ use std::collections::{BTreeMap, HashMap};
 use minijinja::Value as TValue;
 use serde::Serialize;
 
-pub use incident::{Channel, Effect, Event, EventError, Incident, Status};
+pub use event::{EventFields, EventNote, FieldError, HeraldEvent, TimelineEntry};
+pub use incident::{Channel, Effect, Event, EventError, Evidence, Incident, Status};
 pub use instance::{Instance, Phase, Ts};
 pub use subject::Subject;
 
@@ -40,6 +43,10 @@ pub struct State {
     pub instances: BTreeMap<String, HashMap<Subject, Instance>>,
     /// The latest incident of each subject (open or resolved).
     pub incidents: HashMap<Subject, Incident>,
+    /// Earlier incidents of a subject that still have obligations after a newer one opened
+    /// (a postmortem owed, a legal review pending), oldest first. Events reach them by id and
+    /// `incident.postmortems_owed` counts them; they leave memory once nothing is owed.
+    pub earlier: HashMap<Subject, Vec<Incident>>,
     /// The number of the next incident id.
     pub next_incident_seq: u64,
 }
@@ -169,6 +176,60 @@ pub struct StepOutput {
     pub subjects: usize,
     /// Rule evaluations that were unknown.
     pub unknown: u64,
+    /// Per rule of the group (same order): subjects whose condition was unknown, by reason
+    /// (index: [`UnknownReason`] `as usize`).
+    pub unknown_by_rule: Vec<[u64; 4]>,
+    /// Herald's own entries for incidents' timelines: incidents opened, rules firing and
+    /// resolving for an incident's subject, status changes.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// Why a condition could not be decided for a subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownReason {
+    /// A signal it reads returned no series for the subject.
+    Absent,
+    /// A signal it reads could not be queried (or its source is not configured).
+    QueryFailed,
+    /// A signal it reads is NaN.
+    Nan,
+    /// Every signal had a value: the expression itself was undecidable (a division by zero,
+    /// or comparing values of different types).
+    DivisionByZero,
+}
+
+impl UnknownReason {
+    pub const ALL: [UnknownReason; 4] = [UnknownReason::Absent, UnknownReason::QueryFailed, UnknownReason::Nan, UnknownReason::DivisionByZero];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownReason::Absent => "absent",
+            UnknownReason::QueryFailed => "query_failed",
+            UnknownReason::Nan => "nan",
+            UnknownReason::DivisionByZero => "division_by_zero",
+        }
+    }
+
+    /// Why a rule reading `slots` is unknown for `subject`: the first missing signal decides,
+    /// a failed query before a NaN before an absent series.
+    pub fn of(slots: &[usize], input: &GroupInput, subject: &Subject) -> UnknownReason {
+        let mut reason = UnknownReason::DivisionByZero;
+        for &slot in slots {
+            let r = match &input.slots[slot] {
+                SlotValues::Unavailable(_) => return UnknownReason::QueryFailed,
+                SlotValues::Constant(_) => continue,
+                SlotValues::Series(m) => match m.get(subject) {
+                    None => UnknownReason::Absent,
+                    Some(v) if v.is_nan() => UnknownReason::Nan,
+                    Some(_) => continue,
+                },
+            };
+            if reason == UnknownReason::DivisionByZero || r == UnknownReason::Nan {
+                reason = r;
+            }
+        }
+        reason
+    }
 }
 
 /// Why a manual event could not be applied.
@@ -219,6 +280,37 @@ impl State {
                 }
             }
         }
+        // The resolution countdown pauses the same way.
+        for inc in self.incidents.values_mut() {
+            if inc.activating_rule.as_deref().is_some_and(|r| rules.contains(&r)) {
+                inc.follow(Evidence::Unknown, now, 0);
+            }
+        }
+    }
+
+    /// What a condition sees as `incident` for a subject: its latest incident, plus
+    /// `postmortems_owed` counted over all its incidents.
+    pub fn view(&self, subject: &Subject, now: Ts) -> IncidentView<'_> {
+        let mut v = self.incidents.get(subject).map_or(IncidentView::NONE, |i| i.view(now));
+        if let Some(older) = self.earlier.get(subject) {
+            v.postmortems_owed += older.iter().filter(|i| i.owes_postmortem() && !i.legal_hold).count() as f64;
+        }
+        v
+    }
+
+    /// Keeps an incident read back from storage (not the subject's latest) in memory if it
+    /// still has obligations.
+    pub fn adopt(&mut self, inc: Incident) {
+        let subject = inc.subject.clone();
+        let list = self.earlier.entry(subject.clone()).or_default();
+        list.retain(|i| i.id != inc.id);
+        if inc.has_obligations() {
+            list.push(inc);
+            list.sort_by_key(|i| incident_seq(&i.id));
+        }
+        if list.is_empty() {
+            self.earlier.remove(&subject);
+        }
     }
 
     /// The subject's open incident, if any.
@@ -238,7 +330,11 @@ impl State {
         }
         let id = self.new_incident_id();
         let inc = Incident::open(id, subject.clone(), severity, at, rule);
-        self.incidents.insert(subject.clone(), inc.clone());
+        if let Some(prev) = self.incidents.insert(subject.clone(), inc.clone()) {
+            if prev.has_obligations() {
+                self.earlier.entry(subject.clone()).or_default().push(prev);
+            }
+        }
         Some(inc)
     }
 
@@ -261,11 +357,29 @@ impl State {
         Ok((IncidentChange { kind, incident: inc.clone() }, fx))
     }
 
-    /// Applies an event to an incident by id (it must be the subject's latest).
+    /// Applies an event to an incident by id: the subject's latest, or an earlier one that
+    /// still has obligations. `UnknownId` means it is not in memory (the caller may read it
+    /// from storage, apply the event with [`Incident::apply`] and [`State::adopt`] it).
     pub fn apply_event_by_id(&mut self, id: &str, event: &Event, at: Ts) -> Result<(IncidentChange, Effect), ApplyError> {
-        let subject = self.incidents.values().find(|i| i.id == id).map(|i| i.subject.clone()).ok_or_else(|| ApplyError::UnknownId(id.into()))?;
-        self.apply_event(&subject, event, at)
+        if let Some(subject) = self.incidents.values().find(|i| i.id == id).map(|i| i.subject.clone()) {
+            return self.apply_event(&subject, event, at);
+        }
+        let subject = self.earlier.iter().find(|(_, l)| l.iter().any(|i| i.id == id)).map(|(s, _)| s.clone()).ok_or_else(|| ApplyError::UnknownId(id.into()))?;
+        let list = self.earlier.get_mut(&subject).expect("found above");
+        let pos = list.iter().position(|i| i.id == id).expect("found above");
+        if matches!(event, Event::Declare { .. }) {
+            return Err(EventError::DeclareOnExisting(id.into()).into());
+        }
+        let fx = list[pos].apply(event, at)?;
+        let inc = list[pos].clone();
+        self.adopt(inc.clone());
+        Ok((IncidentChange { kind: ChangeKind::Updated, incident: inc }, fx))
     }
+}
+
+/// The sequence number of an id `INC-<n>` (0 if it has another shape).
+pub fn incident_seq(id: &str) -> u64 {
+    id.trim_start_matches("INC-").parse().unwrap_or(0)
 }
 
 impl Engine {
@@ -307,6 +421,8 @@ impl Engine {
         let mut started: Vec<usize> = Vec::new();
         let mut changed: Vec<(usize, Phase, Phase, Ts)> = Vec::new();
         let mut label_values: Vec<&str> = Vec::with_capacity(group.subject_labels.len());
+        let rule_slots: Vec<Vec<usize>> = group.rules.iter().map(|r| r.when.signals()).collect();
+        out.unknown_by_rule = vec![[0; 4]; group.rules.len()];
 
         for subject in &subjects {
             for (slot, v) in input.slots.iter().zip(values.iter_mut()) {
@@ -321,8 +437,7 @@ impl Engine {
             started.clear();
             changed.clear();
             {
-                let incident = state.incidents.get(subject);
-                let view = incident.map_or(IncidentView::NONE, |i| i.view(now));
+                let view = state.view(subject, now);
                 let ctx = Ctx { signals: &values, subject: &label_values, incident: &view, now: now as f64 / 1000.0 };
                 for (ri, rule) in group.rules.iter().enumerate() {
                     truths[ri] = rule.when.truth(&ctx);
@@ -332,6 +447,7 @@ impl Engine {
                 let truth = truths[ri];
                 if truth == Truth::Unknown {
                     out.unknown += 1;
+                    out.unknown_by_rule[ri][UnknownReason::of(&rule_slots[ri], input, subject) as usize] += 1;
                 }
                 let map = &mut maps[ri];
                 if truth != Truth::True && map.is_empty() {
@@ -358,6 +474,7 @@ impl Engine {
                 match rule.action {
                     Action::ActivateCommsLead => {
                         if let Some(inc) = state.open(subject, rule.severity, now, Some(rule.name.clone())) {
+                            out.timeline.push(TimelineEntry { incident: inc.id.clone(), at: now, event: HeraldEvent::IncidentOpened { rule: rule.name.clone() } });
                             out.incidents.push(IncidentChange { kind: ChangeKind::Opened, incident: inc });
                         }
                     }
@@ -366,6 +483,9 @@ impl Engine {
                         let inc = state.incidents.get_mut(subject).expect("open or just opened");
                         inc.engage_legal(now);
                         let kind = if opened.is_some() { ChangeKind::Opened } else { ChangeKind::Updated };
+                        if opened.is_some() {
+                            out.timeline.push(TimelineEntry { incident: inc.id.clone(), at: now, event: HeraldEvent::IncidentOpened { rule: rule.name.clone() } });
+                        }
                         out.incidents.push(IncidentChange { kind, incident: inc.clone() });
                     }
                     Action::InternalOnly => {
@@ -380,21 +500,25 @@ impl Engine {
                 }
             }
 
-            // Resolution: the activating rule, if it belongs to this group, known-inactive long enough.
+            let mut status_event = None;
+            // Lifecycle: the incident follows the evidence of its activating rule, if that rule
+            // belongs to this group (monitoring, investigating, resolved after resolve_after).
             if let Some(inc) = state.incidents.get_mut(subject).filter(|i| i.is_open()) {
                 if let Some(ri) = inc.activating_rule.as_ref().and_then(|r| group.rules.iter().position(|x| &x.name == r)) {
-                    let rule = &group.rules[ri];
-                    let live = maps[ri].contains_key(subject);
-                    match truths[ri] {
-                        Truth::Unknown => {}
-                        _ if live => inc.clear_since = None,
-                        _ => {
-                            let since = *inc.clear_since.get_or_insert(now);
-                            if now - since >= rule.resolve_after.as_millis() as i64 {
-                                inc.resolve(now);
-                                out.incidents.push(IncidentChange { kind: ChangeKind::Resolved, incident: inc.clone() });
-                            }
-                        }
+                    // Known inactive means decided with every signal the rule reads present:
+                    // an incident never resolves while part of its evidence is missing.
+                    let evidence = match (truths[ri], maps[ri].get(subject)) {
+                        (Truth::Unknown, _) => Evidence::Unknown,
+                        (_, Some(i)) => Evidence::Live { firing: i.phase == Phase::Firing },
+                        (_, None) if rule_slots[ri].iter().any(|&slot| values[slot].is_none()) => Evidence::Unknown,
+                        (_, None) => Evidence::Inactive,
+                    };
+                    let (changed, event) = inc.follow(evidence, now, group.rules[ri].resolve_after.as_millis() as i64);
+                    // After the decisions' entries: the rule resolved, then the status moved.
+                    status_event = event.map(|event| TimelineEntry { incident: inc.id.clone(), at: now, event });
+                    if changed {
+                        let kind = if inc.is_open() { ChangeKind::Updated } else { ChangeKind::Resolved };
+                        out.incidents.push(IncidentChange { kind, incident: inc.clone() });
                     }
                 }
             }
@@ -408,9 +532,17 @@ impl Engine {
                 };
                 let rule = &group.rules[ri];
                 let incident = state.incidents.get(subject);
-                let d = self.decision(group, rule, subject, &values, incident, status, now, starts);
+                if let Some(inc) = incident {
+                    let event = match status {
+                        DecisionStatus::Firing => HeraldEvent::RuleFiring { rule: rule.name.clone() },
+                        DecisionStatus::Resolved => HeraldEvent::RuleResolved { rule: rule.name.clone() },
+                    };
+                    out.timeline.push(TimelineEntry { incident: inc.id.clone(), at: now, event });
+                }
+                let d = self.decision(group, rule, subject, &values, state, status, now, starts);
                 out.decisions.push(d);
             }
+            out.timeline.extend(status_event);
         }
         for (rule, map) in group.rules.iter().zip(maps) {
             state.instances.insert(rule.name.clone(), map);
@@ -425,14 +557,15 @@ impl Engine {
         rule: &Rule,
         subject: &Subject,
         values: &[Option<f64>],
-        incident: Option<&Incident>,
+        state: &State,
         status: DecisionStatus,
         now: Ts,
         starts_at: Ts,
     ) -> Decision {
+        let incident = state.incidents.get(subject);
         let vals: BTreeMap<String, f64> =
             group.slots.iter().zip(values).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect();
-        let ctx = template_context(group, rule, subject, values, incident, now);
+        let ctx = template_context(group, rule, subject, values, &state.view(subject, now), now);
         let annotations = rule
             .annotations
             .iter()
@@ -459,13 +592,12 @@ impl Engine {
 }
 
 /// The variables an annotation template sees: every signal (a number or none), `subject`,
-/// `incident`, `now`, `rule`, `severity`, `action`.
-pub fn template_context(group: &Group, rule: &Rule, subject: &Subject, values: &[Option<f64>], incident: Option<&Incident>, now: Ts) -> TValue {
+/// `incident` (as conditions see it, see [`State::view`]), `now`, `rule`, `severity`, `action`.
+pub fn template_context(group: &Group, rule: &Rule, subject: &Subject, values: &[Option<f64>], view: &IncidentView<'_>, now: Ts) -> TValue {
     let mut map: BTreeMap<String, TValue> =
         group.slots.iter().zip(values).map(|(n, v)| (n.clone(), v.map_or(TValue::from(()), TValue::from))).collect();
     let subj: BTreeMap<String, TValue> = subject.labels().iter().map(|(k, v)| (k.clone(), TValue::from(v.as_str()))).collect();
     map.insert("subject".into(), TValue::from(subj));
-    let view = incident.map_or(IncidentView::NONE, |i| i.view(now));
     let inc: BTreeMap<&str, TValue> = IncidentField::ALL
         .iter()
         .map(|(n, f)| {

@@ -172,3 +172,236 @@ fn evaluation_is_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// Runs `Activate` through a breach (t0..t4 at 1m), then feeds `after[i]` at t5+i:
+/// Some(true) healthy, None no data. Returns the minute each status change happened.
+fn lifecycle(after: &[Option<bool>]) -> (State, Vec<(Ts, Status)>) {
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let mut st = State::default();
+    let mut changes = Vec::new();
+    let mut t = 0;
+    for step in std::iter::repeat_n(Some(false), 5).chain(after.iter().copied()) {
+        let inp = match step {
+            Some(false) => input(&set, Some(0.97), Some(0.08)),
+            Some(true) => input(&set, Some(0.9995), Some(0.0)),
+            None => input(&set, None, None),
+        };
+        let out = engine.evaluate_group(g, &inp, &mut st, t * MIN);
+        for e in out.timeline {
+            if let HeraldEvent::StatusChanged { to, .. } = e.event {
+                changes.push((t, to));
+            }
+        }
+        t += 1;
+    }
+    (st, changes)
+}
+
+#[test]
+fn unknown_never_counts_toward_resolve_after() {
+    // Healthy from t5: monitoring at t5, resolved 3m later at t8.
+    let (_, changes) = lifecycle(&[Some(true); 10]);
+    assert_eq!(changes, vec![(5, Status::Monitoring), (8, Status::Resolved)]);
+    // A 10-evaluation telemetry gap after one healthy evaluation: the countdown pauses.
+    let mut after = vec![Some(true)];
+    after.extend([None; 10]);
+    after.extend([Some(true); 5]);
+    let (_, changes) = lifecycle(&after);
+    assert_eq!(changes, vec![(5, Status::Monitoring), (18, Status::Resolved)], "regression: the gap counted toward resolve_after");
+}
+
+#[test]
+fn status_follows_the_evidence_and_a_person_wins() {
+    // Healthy 2m, breach again (fires at once: the instance was dropped, `for` 2m restarts), healthy.
+    let mut after = vec![Some(true), Some(true)];
+    after.extend([Some(false); 3]);
+    after.extend([Some(true); 5]);
+    let (st, changes) = lifecycle(&after);
+    assert_eq!(changes, vec![(5, Status::Monitoring), (9, Status::Investigating), (10, Status::Monitoring), (13, Status::Resolved)]);
+    assert_eq!(st.next_incident_seq, 1, "the same incident throughout");
+
+    // A person sets `identified`: Herald neither moves the status nor resolves it.
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let mut st = State::default();
+    let subj = Subject::new([("service", "checkout")]);
+    for t in 0..5 {
+        engine.evaluate_group(g, &input(&set, Some(0.97), Some(0.08)), &mut st, t * MIN);
+    }
+    st.apply_event(&subj, &Event::Status { value: Status::Identified }, 5 * MIN).unwrap();
+    for t in 5..60 {
+        let out = engine.evaluate_group(g, &input(&set, Some(0.9995), Some(0.0)), &mut st, t * MIN);
+        assert!(out.timeline.iter().all(|e| !matches!(e.event, HeraldEvent::StatusChanged { .. })), "t={t}");
+    }
+    assert_eq!(st.incidents[&subj].status, Status::Identified);
+    assert!(st.incidents[&subj].is_open(), "an incident whose status a person set is not auto-resolved");
+    let (c, _) = st.apply_event(&subj, &Event::Resolve, 60 * MIN).unwrap();
+    assert_eq!(c.kind, ChangeKind::Resolved);
+    // A second resolve is accepted and changes nothing.
+    let (c, fx) = st.apply_event_by_id("INC-1", &Event::Resolve, 61 * MIN).unwrap();
+    assert_eq!((c.kind, fx.resolved, c.incident.resolved_at), (ChangeKind::Updated, false, Some(60 * MIN)));
+}
+
+#[test]
+fn the_countdown_survives_a_restart_through_the_store() {
+    use crate::store::{Commit, Store};
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let dir = tempfile::tempdir().unwrap();
+    let subj = Subject::new([("service", "checkout")]);
+    let mut st = State::default();
+    let names: Vec<&str> = g.rules.iter().map(|r| r.name.as_str()).collect();
+    for t in 0..=7 {
+        let (sli, aff) = if t < 5 { (0.97, 0.08) } else { (0.9995, 0.0) };
+        let out = engine.evaluate_group(g, &input(&set, Some(sli), Some(aff)), &mut st, t * MIN);
+        let mut store = Store::open_dir(dir.path()).unwrap();
+        let incidents: Vec<&Incident> = out.incidents.iter().map(|c| &c.incident).collect();
+        store.commit(&st, &Commit { rules: names.clone(), incidents, group_evals: vec![("g", t * MIN)], ..Default::default() }).unwrap();
+    }
+    // Healthy since t5 (2m counted of 3m); down from t7 to t30 (kill -9: nothing else saved).
+    let store = Store::open_dir(dir.path()).unwrap();
+    let mut st = store.load_state().unwrap();
+    assert_eq!(st.incidents[&subj].clear_since, Some(5 * MIN), "the countdown is persisted");
+    st.hold_timers(&names, 30 * MIN);
+    let out = engine.evaluate_group(g, &input(&set, Some(0.9995), Some(0.0)), &mut st, 30 * MIN);
+    assert!(out.incidents.iter().all(|c| c.kind != ChangeKind::Resolved), "downtime does not count");
+    let out = engine.evaluate_group(g, &input(&set, Some(0.9995), Some(0.0)), &mut st, 31 * MIN);
+    assert!(out.incidents.iter().any(|c| c.kind == ChangeKind::Resolved), "resolves after 3m of known-inactive time: t5..t6, t6..t7 (saved), t30..t31");
+}
+
+#[test]
+fn every_incident_keeps_its_obligations() {
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let subj = Subject::new([("service", "checkout")]);
+    let (mut st, _) = lifecycle(&[Some(true); 5]);
+    assert!(!st.incidents[&subj].is_open());
+    assert_eq!(st.view(&subj, 10 * MIN).postmortems_owed, 1.0, "INC-1 is critical, resolved, no postmortem");
+    // A second incident on the same subject: INC-1 still owes its postmortem.
+    for t in 10..13 {
+        engine.evaluate_group(g, &input(&set, Some(0.97), Some(0.08)), &mut st, t * MIN);
+    }
+    assert_eq!(st.incidents[&subj].id, "INC-2");
+    let v = st.view(&subj, 13 * MIN);
+    assert!(v.open && v.id == Some("INC-2"), "`incident` is the latest");
+    assert_eq!(v.postmortems_owed, 1.0);
+    // Events reach the earlier incident by id.
+    st.apply_event_by_id("INC-1", &Event::PublicUpdate { channel: Channel::Email }, 13 * MIN).unwrap();
+    let (c, _) = st.apply_event_by_id("INC-1", &Event::PostmortemPublished, 14 * MIN).unwrap();
+    assert!(c.incident.postmortem_published && c.incident.id == "INC-1");
+    assert_eq!(st.view(&subj, 14 * MIN).postmortems_owed, 0.0);
+    assert!(st.earlier.is_empty(), "nothing owed: it leaves memory");
+    assert!(matches!(st.apply_event_by_id("INC-1", &Event::Resolve, 15 * MIN), Err(ApplyError::UnknownId(_))), "the caller reads it from storage");
+}
+
+#[test]
+fn legal_hold_outlives_resolution() {
+    let subj = Subject::new([("service", "checkout")]);
+    let mut after = vec![Some(true); 5];
+    after.truncate(5);
+    let (mut st, _) = lifecycle(&[]);
+    st.incidents.get_mut(&subj).unwrap().engage_legal(4 * MIN);
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    for t in 5..12 {
+        engine.evaluate_group(g, &input(&set, Some(0.9995), Some(0.0)), &mut st, t * MIN);
+    }
+    let inc = &st.incidents[&subj];
+    assert!(!inc.is_open() && inc.legal_hold && inc.legal_pending, "resolved while legal review is pending");
+    assert_eq!(st.view(&subj, 12 * MIN).postmortems_owed, 0.0, "on legal hold: no all-clear prompt");
+    let (_, fx) = st.apply_event(&subj, &Event::LegalApproved, 70 * MIN).unwrap();
+    assert_eq!(fx.legal_review, Some(66.0 * 60.0), "the review clock kept running after resolution");
+    assert_eq!(st.view(&subj, 70 * MIN).postmortems_owed, 1.0);
+}
+
+#[test]
+fn unknown_is_counted_by_reason() {
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let mut st = State::default();
+    let a = Subject::new([("service", "a")]);
+    let b = Subject::new([("service", "b")]);
+    let c = Subject::new([("service", "c")]);
+    let mut inp = GroupInput::new(g);
+    inp.slots[g.slot("sli").unwrap()] = SlotValues::Series(HashMap::from([(a.clone(), 0.5), (b.clone(), f64::NAN)]));
+    inp.slots[g.slot("affected_ratio").unwrap()] = SlotValues::Series(HashMap::from([(a.clone(), 0.5), (c.clone(), 0.5)]));
+    inp.slots[g.slot("security").unwrap()] = SlotValues::Unavailable("timeout".into());
+    let out = engine.evaluate_group(g, &inp, &mut st, 0);
+    let activate = g.rules.iter().position(|r| r.name == "Activate").unwrap();
+    let legal = g.rules.iter().position(|r| r.name == "Legal").unwrap();
+    // Activate: a decided (true); b NaN; c absent sli.
+    assert_eq!(out.unknown_by_rule[activate], [1, 0, 1, 0]);
+    // Legal guards `security` with `is defined`: it decides as written.
+    assert_eq!(out.unknown_by_rule[legal], [0; 4]);
+    // A failed query is the reason before any other.
+    inp.slots[g.slot("affected_ratio").unwrap()] = SlotValues::Unavailable("timeout".into());
+    let out = engine.evaluate_group(g, &inp, &mut st, MIN);
+    assert_eq!(out.unknown_by_rule[activate], [0, 2, 0, 0], "c is no longer a subject: only the failed query named it");
+}
+
+#[test]
+fn the_timeline_tells_what_herald_decided() {
+    let (_, _) = lifecycle(&[]);
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let mut st = State::default();
+    let mut all = Vec::new();
+    for t in 0..10 {
+        let (sli, aff) = if t < 5 { (0.97, 0.08) } else { (0.9995, 0.0) };
+        all.extend(engine.evaluate_group(g, &input(&set, Some(sli), Some(aff)), &mut st, t * MIN).timeline);
+    }
+    let kinds: Vec<(Ts, &str)> = all.iter().map(|e| (e.at / MIN, e.event.kind())).collect();
+    assert_eq!(
+        kinds,
+        vec![(2, "incident_opened"), (2, "rule_firing"), (5, "rule_resolved"), (5, "status_changed"), (7, "rule_firing"), (8, "status_changed"), (9, "rule_resolved")],
+        "{all:?}"
+    );
+}
+
+proptest::proptest! {
+    /// The countdown resolves exactly when the known-inactive time (unknown evaluations and
+    /// downtime removed) reaches resolve_after, whatever the jitter between evaluations.
+    #[test]
+    fn resolve_after_counts_only_known_inactive_time(steps in proptest::collection::vec((1i64..90_000, 0u8..3), 1..60), resolve_s in 1i64..300) {
+        let subj = Subject::new([("service", "a")]);
+        let mut inc = Incident::open("INC-1".into(), subj, Severity::Critical, 0, Some("R".into()));
+        let mut st = State::default();
+        let mut now = 0;
+        let mut counted = 0i64;
+        let mut last_known_inactive: Option<Ts> = None;
+        for (gap, kind) in steps {
+            now += gap;
+            if kind == 2 {
+                // Downtime: the daemon restarts and holds timers, then evaluates unknown.
+                st.incidents.insert(inc.subject.clone(), inc.clone());
+                st.hold_timers(&["R"], now);
+                inc = st.incidents[&inc.subject].clone();
+                last_known_inactive = last_known_inactive.map(|_| now);
+                continue;
+            }
+            let evidence = if kind == 0 { Evidence::Inactive } else { Evidence::Unknown };
+            let was_open = inc.is_open();
+            inc.follow(evidence, now, resolve_s * 1000);
+            if evidence == Evidence::Inactive {
+                if let Some(prev) = last_known_inactive {
+                    counted += now - prev;
+                }
+                last_known_inactive = Some(now);
+            } else if last_known_inactive.is_some() {
+                last_known_inactive = Some(now);
+            }
+            if was_open && evidence == Evidence::Inactive {
+                proptest::prop_assert_eq!(!inc.is_open(), counted >= resolve_s * 1000, "counted {} of {}", counted, resolve_s * 1000);
+            }
+            if !inc.is_open() { break; }
+        }
+    }
+}

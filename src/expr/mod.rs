@@ -40,11 +40,12 @@ pub enum IncidentField {
     SinceStatusPageUpdate,
     PostmortemPublished,
     SinceResolved,
+    PostmortemsOwed,
 }
 
 impl IncidentField {
     /// Every field with its name in conditions and templates.
-    pub const ALL: [(&'static str, IncidentField); 17] = [
+    pub const ALL: [(&'static str, IncidentField); 18] = [
         ("open", IncidentField::Open),
         ("resolved", IncidentField::Resolved),
         ("id", IncidentField::Id),
@@ -62,6 +63,7 @@ impl IncidentField {
         ("since_status_page_update", IncidentField::SinceStatusPageUpdate),
         ("postmortem_published", IncidentField::PostmortemPublished),
         ("since_resolved", IncidentField::SinceResolved),
+        ("postmortems_owed", IncidentField::PostmortemsOwed),
     ];
 
     fn by_name(name: &str) -> Option<IncidentField> {
@@ -93,6 +95,9 @@ pub struct IncidentView<'a> {
     pub since_status_page_update: Option<f64>,
     pub postmortem_published: bool,
     pub since_resolved: Option<f64>,
+    /// Across ALL the subject's incidents, not only this one: how many are resolved, critical,
+    /// without a published postmortem and not on legal hold (0 when there is none).
+    pub postmortems_owed: f64,
 }
 
 impl<'v> IncidentView<'v> {
@@ -116,6 +121,7 @@ impl<'v> IncidentView<'v> {
         since_status_page_update: None,
         postmortem_published: false,
         since_resolved: None,
+        postmortems_owed: 0.0,
     };
 
     /// One field's value.
@@ -140,6 +146,7 @@ impl<'v> IncidentView<'v> {
             IncidentField::SinceStatusPageUpdate => num(self.since_status_page_update),
             IncidentField::PostmortemPublished => Value::Bool(self.postmortem_published),
             IncidentField::SinceResolved => num(self.since_resolved),
+            IncidentField::PostmortemsOwed => Value::Num(self.postmortems_owed),
         }
     }
 }

@@ -16,34 +16,17 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{blocking, rfc3339, ApiError, Authorized};
-use crate::config::Severity;
 use crate::daemon::{now_ms, Shared};
-use crate::engine::{ApplyError, Event, EventError, Incident, Subject, Ts};
-use crate::store::Commit;
-
-/// Event types accepted by `POST /api/v1/incidents/{id}/events`.
-pub const EVENT_TYPES: [&str; 12] = [
-    "ack",
-    "public_update",
-    "status",
-    "security",
-    "internal_only",
-    "legal_requested",
-    "legal_approved",
-    "correction",
-    "false_positive",
-    "postmortem_published",
-    "resolve",
-    // Listed last: accepted by the parser only to answer with a pointer to the right endpoint.
-    "declare",
-];
+use crate::engine::event::valid_types;
+use crate::engine::{ApplyError, Event, EventError, EventFields, EventNote, Incident, Subject};
+use crate::store::{Commit, TimelineRow};
 
 /// Most incidents one listing returns (`?limit=` may lower it).
 const MAX_LIST: usize = 1000;
 
 /// An incident as the API shows it: times in RFC 3339.
 pub fn incident_json(i: &Incident) -> Value {
-    let t = |v: Option<Ts>| v.map(rfc3339);
+    let t = |v: Option<crate::engine::Ts>| v.map(rfc3339);
     json!({
         "id": i.id,
         "subject": i.subject,
@@ -69,10 +52,20 @@ pub fn incident_json(i: &Incident) -> Value {
     })
 }
 
-fn event_json(at: Ts, e: &Event) -> Value {
-    let mut v = serde_json::to_value(e).unwrap_or_else(|_| json!({ "type": e.kind() }));
+/// One timeline entry: its fields, `at`, and who: `source` (person | herald), `actor`, `note`.
+fn event_json(row: &TimelineRow) -> Value {
+    let mut v = row.data.clone();
     if let Value::Object(m) = &mut v {
-        m.insert("at".into(), rfc3339(at).into());
+        m.retain(|_, x| !x.is_null());
+        m.insert("type".into(), row.kind.clone().into());
+        m.insert("at".into(), rfc3339(row.at).into());
+        m.insert("source".into(), row.source.clone().into());
+        if let Some(a) = &row.actor {
+            m.insert("actor".into(), a.clone().into());
+        }
+        if let Some(n) = &row.note {
+            m.insert("note".into(), n.clone().into());
+        }
     }
     v
 }
@@ -103,71 +96,139 @@ pub(super) async fn get_one(State(shared): State<Arc<Shared>>, Path(id): Path<St
     let (inc, events) = blocking(move || {
         let core = shared.core.lock().expect("core lock");
         let inc = core.store.incident(&id).map_err(ApiError::internal)?.ok_or_else(|| not_found(&id))?;
-        let events = core.store.events(&id).map_err(ApiError::internal)?;
+        let events = core.store.timeline(&id).map_err(ApiError::internal)?;
         Ok((inc, events))
     })
     .await?;
     let mut v = incident_json(&inc);
-    v["events"] = events.iter().map(|(at, e)| event_json(*at, e)).collect::<Vec<_>>().into();
+    v["events"] = events.iter().map(event_json).collect::<Vec<_>>().into();
     Ok(Json(v))
 }
+
+/// Most labels a declared subject may have.
+pub const MAX_SUBJECT_LABELS: usize = 32;
+/// Longest label value of a declared subject (bytes).
+pub const MAX_LABEL_VALUE: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeclareBody {
+    #[serde(deserialize_with = "strict_labels")]
     subject: BTreeMap<String, String>,
-    severity: Severity,
+    severity: String,
     #[serde(default)]
-    security: bool,
+    security: Option<bool>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// An event body: every field any event type takes. Unknown fields and duplicate keys are
+/// refused by serde; which fields belong to which type is the event grammar's business.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    security: Option<bool>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// A JSON object of string labels whose keys are unique (serde_json keeps the last duplicate).
+fn strict_labels<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of label names to string values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!("duplicate label {k:?} in subject")));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}
+
+/// Checks a declared subject: Prometheus label names, at most 32 labels, values at most 1 KiB.
+pub fn check_subject(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.is_empty() {
+        return Err("subject must name at least one label, e.g. {\"service\": \"checkout\"}".into());
+    }
+    if labels.len() > MAX_SUBJECT_LABELS {
+        return Err(format!("subject has {} labels; at most {MAX_SUBJECT_LABELS} are allowed", labels.len()));
+    }
+    for (k, v) in labels {
+        let mut chars = k.chars();
+        let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid || k.starts_with("__") {
+            return Err(format!("invalid label name {k:?}: it must match [a-zA-Z_][a-zA-Z0-9_]* and not start with \"__\" (as in Prometheus)"));
+        }
+        if v.len() > MAX_LABEL_VALUE {
+            return Err(format!("the value of label {k:?} is {} bytes long; at most {MAX_LABEL_VALUE} are allowed", v.len()));
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn declare(State(shared): State<Arc<Shared>>, _auth: Authorized, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let b: DeclareBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
-            "invalid body: {e}; expected {{\"subject\": {{\"label\": \"value\", ...}}, \"severity\": \"critical|warning|info\", \"security\": false}}"
+            "invalid body: {e}; expected {{\"subject\": {{\"label\": \"value\", ...}}, \"severity\": \"critical|warning|info\", \"security\": false, \"actor\": \"...\", \"note\": \"...\"}}"
         ))
     })?;
-    if b.subject.is_empty() {
-        return Err(ApiError::bad_request("subject must name at least one label, e.g. {\"service\": \"checkout\"}"));
-    }
+    check_subject(&b.subject).map_err(ApiError::bad_request)?;
+    let fields = EventFields { kind: "declare", severity: Some(&b.severity), security: b.security, actor: b.actor.as_deref(), note: b.note.as_deref(), ..Default::default() };
+    let (event, note) = Event::from_fields(&fields, true).map_err(|e| ApiError::bad_request(e.message))?;
     let subject = Subject::new(b.subject);
-    let event = Event::Declare { severity: b.severity, security: b.security };
-    let inc = blocking(move || apply_and_commit(&shared, Target::Subject(&subject), &event)).await?;
+    let inc = blocking(move || apply_and_commit(&shared, Target::Subject(&subject), &event, &note)).await?;
     Ok((StatusCode::CREATED, Json(incident_json(&inc))))
 }
 
 pub(super) async fn post_event(State(shared): State<Arc<Shared>>, _auth: Authorized, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let event = parse_event(&body)?;
-    let inc = blocking(move || apply_and_commit(&shared, Target::Id(&id), &event)).await?;
+    let (event, note) = parse_event(&body)?;
+    let inc = blocking(move || apply_and_commit(&shared, Target::Id(&id), &event, &note)).await?;
     Ok(Json(incident_json(&inc)))
 }
 
-/// Parses an event body, with a message that says what is wrong and what is valid.
-fn parse_event(body: &[u8]) -> Result<Event, ApiError> {
-    let valid = EVENT_TYPES[..EVENT_TYPES.len() - 1].join(", ");
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let Some(obj) = v.as_object() else {
-        return Err(ApiError::bad_request(format!("the body must be a JSON object with a \"type\" (valid types: {valid})")));
+/// Parses an event body through the one event grammar, with a message that says what is
+/// wrong and what is valid. Unknown fields and duplicate keys are refused.
+fn parse_event(body: &[u8]) -> Result<(Event, EventNote), ApiError> {
+    let valid = valid_types(false);
+    let b: EventBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) if e.is_data() && !body.trim_ascii_start().starts_with(b"{") => {
+            return Err(ApiError::bad_request(format!("the body must be a JSON object with a \"type\" (valid types: {valid})")))
+        }
+        Err(e) => return Err(ApiError::bad_request(format!("invalid event body: {e} (fields: type, channel, value, actor, note; valid types: {valid})"))),
     };
-    let kind = match obj.get("type") {
-        Some(Value::String(t)) => t.as_str(),
-        Some(_) => return Err(ApiError::bad_request(format!("\"type\" must be a string (valid types: {valid})"))),
-        None => return Err(ApiError::bad_request(format!("missing \"type\" (valid types: {valid})"))),
+    let fields = EventFields {
+        kind: &b.kind,
+        channel: b.channel.as_deref(),
+        value: b.value.as_deref(),
+        severity: b.severity.as_deref(),
+        security: b.security,
+        actor: b.actor.as_deref(),
+        note: b.note.as_deref(),
     };
-    if kind == "declare" {
-        return Err(ApiError::bad_request("declare opens a new incident: POST /api/v1/incidents instead"));
-    }
-    if !EVENT_TYPES.contains(&kind) {
-        return Err(ApiError::bad_request(format!("unknown event type {kind:?} (valid types: {valid})")));
-    }
-    serde_json::from_value::<Event>(v.clone()).map_err(|e| {
-        let hint = match kind {
-            "public_update" => "; public_update needs \"channel\": status_page | email | social | internal",
-            "status" => "; status needs \"value\": investigating | identified | monitoring | resolved",
-            _ => "",
-        };
-        ApiError::bad_request(format!("invalid {kind} event: {e}{hint}"))
-    })
+    Event::from_fields(&fields, false).map_err(|e| ApiError::bad_request(format!("invalid {} event: {}", b.kind, e.message)))
 }
 
 enum Target<'a> {
@@ -180,32 +241,36 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Applies an event and commits the incident and the event together, under the core lock.
-/// Rolls the in-memory state back if anything fails.
-fn apply_and_commit(shared: &Shared, target: Target<'_>, event: &Event) -> Result<Incident, ApiError> {
+/// Rolls the in-memory state back if anything fails. An incident that is neither a subject's
+/// latest nor kept in memory for its obligations is read from the store.
+fn apply_and_commit(shared: &Shared, target: Target<'_>, event: &Event, note: &EventNote) -> Result<Incident, ApiError> {
     let now = now_ms();
     let mut guard = shared.core.lock().expect("core lock");
     let core = &mut *guard;
     let snapshot = core.state.clone();
     let applied = match target {
         Target::Subject(s) => core.state.apply_event(s, event, now),
-        Target::Id(id) => core.state.apply_event_by_id(id, event, now),
+        Target::Id(id) => match core.state.apply_event_by_id(id, event, now) {
+            Err(ApplyError::UnknownId(id)) => match core.store.incident(&id) {
+                Ok(Some(mut old)) => match old.apply(event, now) {
+                    Ok(fx) => {
+                        core.state.adopt(old.clone());
+                        Ok((crate::engine::IncidentChange { kind: crate::engine::ChangeKind::Updated, incident: old }, fx))
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Ok(None) => Err(ApplyError::UnknownId(id)),
+                Err(e) => return Err(ApiError::internal(e)),
+            },
+            other => other,
+        },
     };
     let (change, fx) = match applied {
         Ok(r) => r,
         Err(e) => {
             core.state = snapshot;
             return Err(match e {
-                ApplyError::UnknownId(id) => match core.store.incident(&id) {
-                    Ok(Some(old)) => {
-                        let latest = core.state.incidents.get(&old.subject).map_or_else(String::new, |l| l.id.clone());
-                        ApiError::new(
-                            StatusCode::CONFLICT,
-                            format!("incident {id} is no longer its subject's latest incident ({latest} is); events apply to the latest one"),
-                        )
-                    }
-                    Ok(None) => not_found(&id),
-                    Err(e) => ApiError::internal(e),
-                },
+                ApplyError::UnknownId(id) => not_found(&id),
                 ApplyError::NoIncident(s) => ApiError::new(StatusCode::NOT_FOUND, format!("subject {s} has no incident")),
                 e @ ApplyError::AlreadyOpen { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
                 ApplyError::Event(e @ EventError::AlreadyResolved(_)) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
@@ -214,7 +279,7 @@ fn apply_and_commit(shared: &Shared, target: Target<'_>, event: &Event) -> Resul
         }
     };
     let inc = change.incident;
-    let commit = Commit { incidents: vec![&inc], events: vec![(inc.id.as_str(), now, event)], ..Default::default() };
+    let commit = Commit { incidents: vec![&inc], noted_events: vec![(inc.id.as_str(), now, event, note)], ..Default::default() };
     if let Err(e) = core.store.commit(&core.state, &commit) {
         core.state = snapshot;
         return Err(ApiError::internal(format!("the change could not be saved and was not applied: {e}")));
@@ -222,7 +287,7 @@ fn apply_and_commit(shared: &Shared, target: Target<'_>, event: &Event) -> Resul
     let open = core.state.incidents.values().filter(|i| i.is_open()).count();
     drop(guard);
     crate::telemetry::record_effect(&fx, &inc, open);
-    tracing::info!(incident = %inc.id, event = event.kind(), "incident event applied");
+    tracing::info!(incident = %inc.id, event = event.kind(), actor = note.actor.as_deref().unwrap_or("-"), "incident event applied");
     Ok(inc)
 }
 
@@ -232,9 +297,9 @@ mod tests {
 
     #[test]
     fn event_bodies_parse_with_clear_errors() {
-        assert_eq!(parse_event(br#"{"type":"ack"}"#).unwrap(), Event::Ack);
+        assert_eq!(parse_event(br#"{"type":"ack"}"#).unwrap().0, Event::Ack);
         assert_eq!(
-            parse_event(br#"{"type":"public_update","channel":"email"}"#).unwrap(),
+            parse_event(br#"{"type":"public_update","channel":"email"}"#).unwrap().0,
             Event::PublicUpdate { channel: crate::engine::Channel::Email }
         );
         let e = parse_event(br#"{"type":"nope"}"#).unwrap_err();
@@ -247,5 +312,27 @@ mod tests {
         assert!(e.message.contains("investigating"), "{}", e.message);
         assert!(parse_event(b"[]").unwrap_err().message.contains("JSON object"));
         assert!(parse_event(br#"{"type":"declare","severity":"critical"}"#).unwrap_err().message.contains("POST /api/v1/incidents"));
+        // Strict: unknown fields, fields of another type, duplicate keys.
+        assert!(parse_event(br#"{"type":"ack","chanel":"email"}"#).unwrap_err().message.contains("unknown field `chanel`"));
+        assert!(parse_event(br#"{"type":"ack","channel":"email"}"#).unwrap_err().message.contains("ack takes no `channel`"));
+        assert!(parse_event(br#"{"type":"ack","type":"resolve"}"#).unwrap_err().message.contains("duplicate field `type`"));
+        let (_, note) = parse_event(br#"{"type":"ack","actor":"alice","note":"paged by phone"}"#).unwrap();
+        assert_eq!(note.actor.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn declared_subjects_are_limited() {
+        let ok = |pairs: &[(&str, &str)]| check_subject(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        assert!(ok(&[("service", "checkout"), ("region", "eu")]).is_ok());
+        assert!(ok(&[]).unwrap_err().contains("at least one"));
+        assert!(ok(&[("1service", "x")]).unwrap_err().contains("invalid label name"));
+        assert!(ok(&[("ser-vice", "x")]).unwrap_err().contains("invalid label name"));
+        assert!(ok(&[("__name__", "x")]).unwrap_err().contains("__"));
+        let long = "x".repeat(MAX_LABEL_VALUE + 1);
+        assert!(ok(&[("service", &long)]).unwrap_err().contains("1025 bytes"));
+        let many: BTreeMap<String, String> = (0..33).map(|i| (format!("l{i}"), "v".to_string())).collect();
+        assert!(check_subject(&many).unwrap_err().contains("33 labels"));
+        let e = serde_json::from_str::<DeclareBody>(r#"{"subject": {"service": "a", "service": "b"}, "severity": "info"}"#).unwrap_err();
+        assert!(e.to_string().contains("duplicate label \"service\""), "{e}");
     }
 }

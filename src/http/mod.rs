@@ -10,10 +10,12 @@
 //! or the store runs in `spawn_blocking` (SQLite fsyncs under that lock).
 
 mod access;
+mod explain;
 mod incidents;
 mod notifications;
 mod ops;
 mod rules;
+mod samples;
 
 use std::sync::Arc;
 
@@ -30,17 +32,32 @@ use tokio::net::TcpListener;
 use crate::daemon::Shared;
 use crate::engine::Ts;
 
-/// The router of the API, with its state.
+/// The router of the API and the console, with its state.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let api = api_router(shared.clone());
+    let (s1, s2) = (shared.clone(), shared);
+    let check_token: crate::console::CheckToken = Arc::new(move |given: &str| match s1.config().api_token.as_deref() {
+        None => crate::console::TokenCheck::Disabled,
+        Some(expected) if tokens_equal(given, expected) => crate::console::TokenCheck::Valid,
+        Some(_) => crate::console::TokenCheck::Invalid,
+    });
+    let targets: crate::console::Targets = Arc::new(move || s2.config().console.clone());
+    api.clone().merge(crate::console::router(crate::console::Console::new(api, check_token, targets)))
+}
+
+/// The API of spec §7 alone (the console calls it in process).
+fn api_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/-/healthy", get(ops::healthy))
         .route("/-/ready", get(ops::ready))
         .route("/-/reload", post(ops::reload))
         .route("/metrics", get(ops::metrics))
         .route("/api/v1/rules", get(rules::list))
+        .route("/api/v1/rules/{rule}/explain", get(explain::explain_rule))
         .route("/api/v1/incidents", get(incidents::list).post(incidents::declare))
         .route("/api/v1/incidents/{id}", get(incidents::get_one))
         .route("/api/v1/incidents/{id}/events", post(incidents::post_event))
+        .route("/api/v1/incidents/{id}/samples", get(samples::list))
         .route("/api/v1/notifications", get(notifications::list))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), access::require_read_token))

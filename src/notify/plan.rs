@@ -6,9 +6,9 @@
 //! - **Dedup keys**: `<incident>/<rule>` when the instance started firing inside an incident,
 //!   else `<rule>/<subject hash>/<start>`: the firing and resolved messages of one episode share
 //!   it, and no label value (possibly personal data) leaks through it.
-//! - **group_wait**: prompts (`suggest_update`, `notify`, `internal_only`) wait `group_wait` so a
-//!   burst of decisions for one subject can go out together; pages (`activate_comms_lead`,
-//!   `escalate`, `engage_legal`) go out at once.
+//! - **group_wait**: prompts (`suggest_update`, `internal_only`) wait `group_wait` so a burst of
+//!   decisions for one subject can go out together; pages (`activate_comms_lead`, `escalate`,
+//!   `engage_legal`) and `notify` go out at once.
 //! - **Maintenance windows**: entries are recorded as `suppressed`, never sent.
 //! - **send_resolved**: per receiver, defaulting to `notification.send_resolved`.
 //! - Every payload is scrubbed before it is stored.
@@ -23,11 +23,13 @@
 //!   group together. Webhook, PagerDuty and Alertmanager keep one request per notification:
 //!   their payloads are per decision.
 //! - **`min_interval`** (per incident and receiver, applied by the worker at delivery time, see
-//!   [`held_by_min_interval`]): a firing prompt (`suggest_update`, `notify`, `internal_only`)
-//!   for an incident whose receiver got a message (sent or dry-run) less than `min_interval`
-//!   ago is recorded `suppressed`. Pages (`activate_comms_lead`, `escalate`, `engage_legal`)
-//!   and resolved messages are never held back by it. Without an incident, the subject plays
-//!   the incident's part.
+//!   [`held_by_min_interval`]): a firing prompt (`suggest_update`, `internal_only`) for an
+//!   incident whose receiver got a message (sent or dry-run) less than `min_interval` ago
+//!   waits until `min_interval` has passed ([`DEFERRED`]); then it is sent if its rule still
+//!   fires for the subject, and recorded `suppressed` only if it no longer does. Pages
+//!   (`activate_comms_lead`, `escalate`, `engage_legal`), `notify` (telemetry warnings) and
+//!   resolved messages are never held back, nor delayed by `group_wait`. Without an incident,
+//!   the subject plays the incident's part.
 //! - **`repeat_interval`** ([`Planner::plan_repeats`], run periodically by the worker): a rule
 //!   instance that is still firing and whose last entry for a receiver is a firing message
 //!   older than `repeat_interval` gets a new entry with the SAME dedup key and a new id (the
@@ -53,6 +55,22 @@ use crate::store::{OutboxEntry, OutboxState, Store};
 pub fn is_page(action: Action) -> bool {
     matches!(action, Action::ActivateCommsLead | Action::Escalate | Action::EngageLegal)
 }
+
+/// Whether noise control may delay or merge a decision of this action: prompts
+/// (`suggest_update`, `internal_only`) only. Pages and `notify` (the telemetry warnings:
+/// missing data must reach people as it happens) are never delayed, merged or held back.
+pub fn is_deferrable(action: Action) -> bool {
+    matches!(action, Action::SuggestUpdate | Action::InternalOnly)
+}
+
+/// [`is_deferrable`] by action name.
+pub fn is_deferrable_str(action: &str) -> bool {
+    matches!(action, "suggest_update" | "internal_only")
+}
+
+/// `last_error` of an entry `min_interval` deferred: when it becomes due, it is sent only if
+/// its rule still fires for the subject.
+pub const DEFERRED: &str = "deferred by min_interval";
 
 /// Built once per configuration: holds the compiled content filter.
 pub struct Planner {
@@ -92,7 +110,7 @@ impl Planner {
                 let mut n = notification(d, new_id(), dedup_key.clone(), &config.global.external_url, dry_run);
                 self.scrubber.scrub_notification(&mut n);
                 let payload = serde_json::to_string(&n).expect("notifications serialize");
-                let prompt = !is_page(d.action) && d.status == DecisionStatus::Firing;
+                let prompt = is_deferrable(d.action) && d.status == DecisionStatus::Firing;
                 let wait = if prompt { config.notification.group_wait.as_millis() as Ts } else { 0 };
                 let mut not_before = now + wait;
                 if prompt && crate::notify::receiver::is_chat(&receiver.kind) {
@@ -226,7 +244,7 @@ impl Planner {
 
 /// Whether a stored payload is a firing prompt (not a page, not resolved).
 fn is_prompt_payload(payload: &str) -> bool {
-    serde_json::from_str::<Notification>(payload).is_ok_and(|n| n.status == Status::Firing && !is_page_str(&n.action))
+    serde_json::from_str::<Notification>(payload).is_ok_and(|n| n.status == Status::Firing && is_deferrable_str(&n.action))
 }
 
 /// Whether an action name pages (see [`is_page`]).
@@ -234,21 +252,21 @@ pub fn is_page_str(action: &str) -> bool {
     matches!(action, "activate_comms_lead" | "escalate" | "engage_legal")
 }
 
-/// `min_interval` (see the module doc): whether a notification must be recorded `suppressed`
-/// because its receiver got a message for the same incident (or subject, without one) less
-/// than `min_interval` before `now`. `last_delivered` is the receiver's latest delivered entry
-/// for the subject.
-pub fn held_by_min_interval(n: &Notification, last_delivered: Option<&OutboxEntry>, now: Ts, min_interval: std::time::Duration) -> bool {
-    if n.status != Status::Firing || is_page_str(&n.action) || min_interval.is_zero() {
-        return false;
+/// `min_interval` (see the module doc): until when a prompt must wait because its receiver got
+/// a message for the same incident (or subject, without one) less than `min_interval` before
+/// `now` (`None`: it may go now). `last_delivered` is the receiver's latest delivered entry for
+/// the subject. Only deferrable prompts ([`is_deferrable_str`]) ever wait.
+pub fn held_by_min_interval(n: &Notification, last_delivered: Option<&OutboxEntry>, now: Ts, min_interval: std::time::Duration) -> Option<Ts> {
+    if n.status != Status::Firing || !is_deferrable_str(&n.action) || min_interval.is_zero() {
+        return None;
     }
-    let Some(last) = last_delivered else { return false };
-    let Some(at) = last.delivered_at else { return false };
-    if now - at >= min_interval.as_millis() as Ts {
-        return false;
+    let at = last_delivered?.delivered_at?;
+    let until = at + min_interval.as_millis() as Ts;
+    if now >= until {
+        return None;
     }
-    let last_incident = serde_json::from_str::<Notification>(&last.payload).ok().and_then(|l| l.incident.map(|i| i.id));
-    last_incident == n.incident.as_ref().map(|i| i.id.clone())
+    let last_incident = serde_json::from_str::<Notification>(&last_delivered?.payload).ok().and_then(|l| l.incident.map(|i| i.id));
+    (last_incident == n.incident.as_ref().map(|i| i.id.clone())).then_some(until)
 }
 
 fn new_id() -> String {
@@ -291,7 +309,7 @@ pub fn notification(d: &Decision, id: String, dedup_key: String, external_url: &
             id: i.id.clone(),
             status: i.status.as_str().to_string(),
             opened_at: rfc3339(i.opened_at),
-            url: Some(format!("{external_url}/api/v1/incidents/{}", i.id)),
+            url: Some(format!("{external_url}/incidents/{}", i.id)),
         }),
         starts_at: rfc3339(d.starts_at),
         ends_at: (d.status == DecisionStatus::Resolved).then(|| rfc3339(d.at)),
@@ -325,26 +343,31 @@ mod tests {
     }
 
     #[test]
-    fn min_interval_holds_back_prompts_only() {
+    fn min_interval_defers_prompts_only() {
         let mut prompt = sample_firing();
         prompt.action = "suggest_update".into();
         let last = delivered(&prompt, 1_000);
         let five_min = Duration::from_secs(300);
-        assert!(held_by_min_interval(&prompt, Some(&last), 61_000, five_min), "a prompt within min_interval");
-        assert!(!held_by_min_interval(&prompt, Some(&last), 1_000 + 300_000, five_min), "after min_interval");
-        assert!(!held_by_min_interval(&prompt, None, 61_000, five_min), "nothing sent yet");
+        assert_eq!(held_by_min_interval(&prompt, Some(&last), 61_000, five_min), Some(301_000), "a prompt within min_interval waits until it ends");
+        assert_eq!(held_by_min_interval(&prompt, Some(&last), 1_000 + 300_000, five_min), None, "after min_interval");
+        assert_eq!(held_by_min_interval(&prompt, None, 61_000, five_min), None, "nothing sent yet");
         let mut page = prompt.clone();
         page.action = "escalate".into();
-        assert!(!held_by_min_interval(&page, Some(&last), 61_000, five_min), "pages are never held back");
+        assert_eq!(held_by_min_interval(&page, Some(&last), 61_000, five_min), None, "pages are never held back");
+        // Regression: TelemetryGap's warning was swallowed after an activation page.
+        let mut gap = prompt.clone();
+        gap.action = "notify".into();
+        assert_eq!(held_by_min_interval(&gap, Some(&last), 61_000, five_min), None, "a notify about missing data is never held back");
         let mut resolved = prompt.clone();
         resolved.status = Status::Resolved;
-        assert!(!held_by_min_interval(&resolved, Some(&last), 61_000, five_min), "resolutions are never held back");
+        assert_eq!(held_by_min_interval(&resolved, Some(&last), 61_000, five_min), None, "resolutions are never held back");
         let mut other = prompt.clone();
         if let Some(i) = other.incident.as_mut() {
             i.id = "INC-other".into();
         } else {
             other.incident = Some(IncidentRef { id: "INC-other".into(), status: "investigating".into(), opened_at: Utc::now(), url: None });
         }
-        assert!(!held_by_min_interval(&other, Some(&last), 61_000, five_min), "another incident is not held back");
+        assert_eq!(held_by_min_interval(&other, Some(&last), 61_000, five_min), None, "another incident is not held back");
+        assert!(!is_deferrable(Action::Notify) && !is_deferrable(Action::EngageLegal) && is_deferrable(Action::SuggestUpdate));
     }
 }

@@ -327,7 +327,7 @@ fn context(n: &Notification) -> minijinja::Value {
 }
 
 /// Converts JSON to a template value (minijinja's `serde` feature is not enabled in this crate).
-fn json_to_value(v: &serde_json::Value) -> minijinja::Value {
+pub fn json_to_value(v: &serde_json::Value) -> minijinja::Value {
     use minijinja::Value;
     match v {
         serde_json::Value::Null => Value::from(()),

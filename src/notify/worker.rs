@@ -19,8 +19,9 @@
 //! * **Dry-run**: every receiver gets the in-memory [`Recorder`] (entries end `dry_run`),
 //!   except `dry_run_target` receivers, which get the real transport and "[DRY RUN]" messages.
 //! * **Noise control** (see [`crate::notify::plan`]): due chat prompts of one subject and
-//!   receiver go out as one message; `min_interval` suppression is decided here, when the
-//!   entry is due; the repeat pass enqueues `repeat_interval` re-sends through the store.
+//!   receiver go out as one message; `min_interval` deferral is decided here, when the entry
+//!   is due (a deferred prompt is sent when it ends if its rule still fires, else recorded
+//!   `suppressed`); the repeat pass enqueues `repeat_interval` re-sends through the store.
 //!
 //! Metrics: `herald_notifications_total{receiver,outcome}` (sent, failed, retried, suppressed,
 //! dry_run), `herald_notification_delivery_seconds{receiver}` (created → delivered),
@@ -36,7 +37,7 @@ use tokio::task::JoinSet;
 use crate::config::daemon::{Receiver, ReceiverKind};
 use crate::daemon::{now_ms, Shared};
 use crate::engine::Ts;
-use crate::notify::plan::held_by_min_interval;
+use crate::notify::plan::{held_by_min_interval, DEFERRED};
 use crate::notify::receiver::{
     build_requests, classify, combine_any, is_chat, BuildContext, Outcome,
 };
@@ -256,7 +257,8 @@ impl Worker {
         let dry_run = self.shared.options.dry_run;
         let now = now_ms();
         let mut core = self.shared.core.lock().expect("core lock");
-        let store = &mut core.store;
+        let core = &mut *core;
+        let (store, state) = (&mut core.store, &core.state);
         let inflight = self.inflight.lock().expect("inflight lock").clone();
         let due = store.due(now, self.tuning.batch + inflight.len())?;
         let mut jobs: Vec<Job> = Vec::new();
@@ -283,17 +285,15 @@ impl Worker {
                 }
             };
             let last = store.last_delivered_for_subject(&e.subject, &e.receiver)?;
-            if held_by_min_interval(&n, last.as_ref(), now, config.notification.min_interval) {
-                tracing::info!(receiver = %e.receiver, id = %e.id, "suppressed by min_interval");
+            if let Some(until) = held_by_min_interval(&n, last.as_ref(), now, config.notification.min_interval) {
+                tracing::info!(receiver = %e.receiver, id = %e.id, until, "deferred by min_interval");
+                store.mark(&e.id, OutboxState::Pending, e.attempts, until, Some(DEFERRED), None)?;
+                continue;
+            }
+            if e.last_error.as_deref() == Some(DEFERRED) && !still_firing(state, &e.rule, &e.subject) {
+                tracing::info!(receiver = %e.receiver, id = %e.id, "deferred prompt dropped: its rule no longer fires");
                 metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "suppressed").increment(1);
-                store.mark(
-                    &e.id,
-                    OutboxState::Suppressed,
-                    e.attempts,
-                    e.not_before,
-                    Some("min_interval"),
-                    None,
-                )?;
+                store.mark(&e.id, OutboxState::Suppressed, e.attempts, e.not_before, Some("min_interval: the rule no longer fires"), None)?;
                 continue;
             }
             let lease = now + (receiver.timeout + self.tuning.lease_margin).as_millis() as Ts;
@@ -521,6 +521,11 @@ struct Mark {
 }
 
 /// Gives up on an entry that can never be delivered: logs, counts and marks it `failed`.
+/// Whether a rule instance (subject given by its canonical key) is firing now.
+fn still_firing(state: &crate::engine::State, rule: &str, subject: &str) -> bool {
+    state.instances.get(rule).is_some_and(|m| m.iter().any(|(s, i)| s.key() == subject && i.phase == crate::engine::Phase::Firing))
+}
+
 fn fail_entry(store: &mut crate::store::Store, e: &OutboxEntry, msg: &str) -> Result<(), crate::store::StoreError> {
     tracing::error!(receiver = %e.receiver, id = %e.id, error = %msg, "notification failed");
     metrics::counter!("herald_notifications_total", "receiver" => e.receiver.clone(), "outcome" => "failed").increment(1);

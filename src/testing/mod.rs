@@ -3,21 +3,27 @@
 //! A test file names rule files and lists tests; each test feeds series (promtool notation)
 //! and incident events for some subjects, then asserts which rule instances fire at given
 //! times. The driver walks a timeline and calls the same [`Engine::evaluate_group`] the daemon
-//! uses; it never re-implements rule semantics. No I/O beyond reading the files.
+//! uses; it never re-implements rule semantics. A `downtime` restarts the engine from its state
+//! saved in an in-memory store, as the daemon restarts from its file. No I/O beyond reading
+//! the files.
+//!
+//! Bounds (so a test file can neither hang nor exhaust memory): intervals are at least 1s, and
+//! every `at` lies within the longest input series plus one interval.
 
 mod series;
 
 pub use series::parse_series;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::rules::{duration_at, err_at};
 use crate::config::yaml::{self, RawInstance, Spanned, TestFile};
-use crate::config::{load_rule_files, Diagnostic, Diagnostics, PromDuration, RuleSet, Severity};
-use crate::engine::{Channel, Engine, Event, GroupInput, SlotValues, State, Status, Subject, Ts};
+use crate::config::{load_rule_files, Diagnostic, Diagnostics, PromDuration, RuleSet};
+use crate::engine::{DecisionStatus, Engine, Event, EventFields, GroupInput, Incident, SlotValues, State, Subject, Ts};
+use crate::store::{Commit, Store};
 
 /// The outcome of one test.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +31,21 @@ pub struct TestOutcome {
     pub name: String,
     /// Human-readable failures; empty when the test passed.
     pub failures: Vec<String>,
+    /// With `--explain RULE`: every evaluation of that rule for each subject, explained.
+    pub explanations: Vec<String>,
 }
+
+/// Options of a run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Explain every evaluation of this rule.
+    pub explain: Option<String>,
+}
+
+/// The shortest interval a test file may use.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The most evaluations one test may need (all groups together).
+pub const MAX_EVALUATIONS: u64 = 1_000_000;
 
 /// Why a test file could not be run at all.
 #[derive(Debug)]
@@ -44,8 +64,12 @@ struct PreparedTest {
     /// (group index, slot) → subject → series.
     series: SeriesBySlot,
     interval: Ts,
-    events: Vec<(Ts, Subject, Event)>,
+    /// (time, subject, event, incident id when the event names one).
+    events: Vec<(Ts, Subject, Event, Option<String>)>,
     expects: Vec<Expect>,
+    subjects: Vec<Subject>,
+    /// `[from, until)` times Herald is down.
+    downtime: Vec<(Ts, Ts)>,
 }
 
 struct Expect {
@@ -53,6 +77,8 @@ struct Expect {
     at_text: String,
     kind: ExpectKind,
     instances: BTreeSet<(String, Subject)>,
+    /// Expected annotations of listed instances (exact match).
+    annotations: Vec<((String, Subject), BTreeMap<String, String>)>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -68,6 +94,21 @@ fn ms(d: Duration) -> Ts {
 
 /// Runs every test of one file.
 pub fn run_file(path: &Path) -> Result<Vec<TestOutcome>, FileError> {
+    run_file_with(path, &RunOptions::default())
+}
+
+/// An interval of a test file: a duration of at least [`MIN_INTERVAL`].
+fn interval_at(path: &str, s: &Spanned<String>, what: &str, diags: &mut Diagnostics) -> Option<Duration> {
+    let d = duration_at(path, s, diags)?;
+    if d < MIN_INTERVAL {
+        diags.push(err_at(path, s, format!("{what} must be at least 1s, not {:?}", s.value)));
+        return None;
+    }
+    Some(d)
+}
+
+/// Runs every test of one file, with options.
+pub fn run_file_with(path: &Path, options: &RunOptions) -> Result<Vec<TestOutcome>, FileError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| FileError::Unreadable(Diagnostics(vec![Diagnostic::error(&shown, 0, 0, format!("cannot read test file: {e}"))])))?;
@@ -91,9 +132,14 @@ pub fn run_file(path: &Path) -> Result<Vec<TestOutcome>, FileError> {
         Err(d) => return Err(FileError::Invalid(d)),
     };
     let default_interval = match &file.evaluation_interval {
-        Some(s) => duration_at(&shown, s, &mut diags).unwrap_or(Duration::from_secs(60)),
+        Some(s) => interval_at(&shown, s, "evaluation_interval", &mut diags).unwrap_or(Duration::from_secs(60)),
         None => Duration::from_secs(60),
     };
+    if let Some(rule) = &options.explain {
+        if !rules.groups.iter().any(|g| g.rules.iter().any(|r| &r.name == rule)) {
+            diags.push(Diagnostic::error(&shown, 0, 0, format!("--explain: no rule named {rule:?} in this file's rule files")));
+        }
+    }
     let mut prepared = Vec::new();
     for t in &file.tests {
         if let Some(p) = prepare(&shown, t, &rules, default_interval, &mut diags) {
@@ -104,7 +150,7 @@ pub fn run_file(path: &Path) -> Result<Vec<TestOutcome>, FileError> {
         return Err(FileError::Invalid(diags));
     }
     let engine = Engine::new();
-    Ok(prepared.iter().map(|t| run_test(&engine, &rules, default_interval, t)).collect())
+    Ok(prepared.iter().map(|t| run_test(&engine, &rules, default_interval, t, options)).collect())
 }
 
 /// Expands a path or glob relative to `base`, sorted.
@@ -126,12 +172,9 @@ fn parse_at(path: &str, s: &Spanned<String>, diags: &mut Diagnostics) -> Option<
 fn prepare(path: &str, t: &yaml::RawTest, rules: &RuleSet, default_interval: Duration, diags: &mut Diagnostics) -> Option<PreparedTest> {
     let before = diags.errors().count();
     let interval = match &t.interval {
-        Some(s) => duration_at(path, s, diags).unwrap_or(default_interval),
+        Some(s) => interval_at(path, s, "interval", diags).unwrap_or(default_interval),
         None => default_interval,
     };
-    if interval.is_zero() {
-        diags.push(err_at(path, t.interval.as_ref().unwrap(), "interval must be greater than 0"));
-    }
     let mut subjects = Vec::new();
     let mut series: SeriesBySlot = HashMap::new();
     let mut events = Vec::new();
@@ -177,23 +220,57 @@ fn prepare(path: &str, t: &yaml::RawTest, rules: &RuleSet, default_interval: Dur
             }
         }
         for e in &input.events {
-            let at = parse_at(path, &e.at, diags);
+            let at = parse_at(path, &e.at, diags).map(|at| (at, &e.at));
             match parse_event(path, e) {
                 Ok(ev) => {
                     if let Some(at) = at {
-                        events.push((at, subject.clone(), ev));
+                        events.push((at, subject.clone(), ev, e.incident.as_ref().map(|i| i.value.clone())));
                     }
                 }
                 Err(d) => diags.push(d),
             }
         }
     }
-    events.sort_by_key(|(at, _, _)| *at);
+    // Every `at` must lie within the longest series plus one interval: the timeline is
+    // bounded by the input, never by a typo (`at: 292y`).
+    let series_end = series.values().flat_map(|m| m.values()).map(|v| v.len() as Ts).max().unwrap_or(0) * ms(interval);
+    let within = |at: Ts, span: &Spanned<String>, diags: &mut Diagnostics| {
+        if at > series_end {
+            diags.push(err_at(
+                path,
+                span,
+                format!(
+                    "at {} is beyond the end of the input series ({} plus one interval); extend a series to cover it",
+                    span.value,
+                    PromDuration(Duration::from_millis((series_end - ms(interval)).max(0) as u64))
+                ),
+            ));
+            false
+        } else {
+            true
+        }
+    };
+    let events: Vec<(Ts, Subject, Event, Option<String>)> =
+        events.into_iter().filter(|((at, span), _, _, _)| within(*at, span, diags)).map(|((at, _), s, e, id)| (at, s, e, id)).collect();
+    let mut events = events;
+    let mut downtime = Vec::new();
+    for d in &t.downtime {
+        let (Some(from), Some(until)) = (parse_at(path, &d.from, diags), parse_at(path, &d.until, diags)) else { continue };
+        if until <= from {
+            diags.push(err_at(path, &d.until, "downtime `until` must be after `from`"));
+        } else if within(until, &d.until, diags) {
+            if let Some((at, _, e, _)) = events.iter().find(|(at, _, _, _)| (from..until).contains(at)) {
+                diags.push(err_at(path, &d.from, format!("event {} at {} falls in this downtime: Herald's API is down then", e.kind(), PromDuration(Duration::from_millis(*at as u64)))));
+            }
+            downtime.push((from, until));
+        }
+    }
+    events.sort_by_key(|(at, _, _, _)| *at);
     let rule_names: BTreeSet<&str> = rules.groups.iter().flat_map(|g| g.rules.iter().map(|r| r.name.as_str())).collect();
     let mut expects = Vec::new();
     for e in &t.expect {
         // A bad `at` is reported, and the rest of the expectation is still checked.
-        let at = parse_at(path, &e.at, diags);
+        let at = parse_at(path, &e.at, diags).filter(|at| within(*at, &e.at, diags));
         let lists = [(ExpectKind::Firing, &e.firing), (ExpectKind::Includes, &e.includes), (ExpectKind::Excludes, &e.excludes)];
         if lists.iter().all(|(_, l)| l.is_none()) {
             diags.push(err_at(path, &e.at, "an expectation needs `firing`, `includes` or `excludes`"));
@@ -201,20 +278,34 @@ fn prepare(path: &str, t: &yaml::RawTest, rules: &RuleSet, default_interval: Dur
         for (kind, list) in lists {
             let Some(list) = list else { continue };
             let mut instances = BTreeSet::new();
+            let mut annotations = Vec::new();
             for inst in list {
                 if let Some(i) = resolve_instance(path, inst, &subjects, &rule_names, diags) {
+                    if let Some(a) = &inst.annotations {
+                        if kind == ExpectKind::Excludes {
+                            diags.push(err_at(path, a, "`annotations` can only be expected of instances that fire (`firing` or `includes`)"));
+                        }
+                        annotations.push((i.clone(), a.value.clone()));
+                    }
                     instances.insert(i);
                 }
             }
             if let Some(at) = at {
-                expects.push(Expect { at, at_text: e.at.value.clone(), kind, instances });
+                expects.push(Expect { at, at_text: e.at.value.clone(), kind, instances, annotations });
             }
         }
     }
     if diags.errors().count() > before {
         return None;
     }
-    Some(PreparedTest { name: t.name.value.clone(), series, interval: ms(interval), events, expects })
+    // Bound the work: every group evaluates from 0 to the last `at`.
+    let end = expects.iter().map(|e| e.at).chain(events.iter().map(|e| e.0)).max().unwrap_or(0);
+    let evaluations: u64 = rules.groups.iter().map(|g| end as u64 / (ms(g.interval_or(default_interval)).max(1) as u64) + 1).sum();
+    if evaluations > MAX_EVALUATIONS {
+        diags.push(err_at(path, &t.name, format!("this test needs {evaluations} evaluations (at most {MAX_EVALUATIONS}): use a longer interval")));
+        return None;
+    }
+    Some(PreparedTest { name: t.name.value.clone(), series, interval: ms(interval), events, expects, subjects, downtime })
 }
 
 fn resolve_instance(
@@ -239,81 +330,94 @@ fn resolve_instance(
     Some((inst.rule.value.clone(), subject))
 }
 
+/// Reads a test-file event through the one event grammar, placing its error at the field.
 fn parse_event(path: &str, e: &yaml::RawEvent) -> Result<Event, Diagnostic> {
-    let need = |field: &Option<Spanned<String>>, name: &str| {
-        field.as_ref().map(|s| s.value.clone()).ok_or_else(|| err_at(path, &e.kind, format!("event {:?} needs `{name}`", e.kind.value)))
+    fn text(f: &Option<Spanned<String>>) -> Option<&str> {
+        f.as_ref().map(|s| s.value.as_str())
+    }
+    let fields = EventFields {
+        kind: &e.kind.value,
+        channel: text(&e.channel),
+        value: text(&e.value),
+        severity: text(&e.severity),
+        security: e.security,
+        actor: text(&e.actor),
+        note: text(&e.note),
     };
-    Ok(match e.kind.value.as_str() {
-        "declare" => {
-            let sev = need(&e.severity, "severity")?;
-            let severity = Severity::parse(&sev).ok_or_else(|| err_at(path, e.severity.as_ref().unwrap(), format!("unknown severity {sev:?}")))?;
-            Event::Declare { severity, security: e.security.unwrap_or(false) }
-        }
-        "ack" => Event::Ack,
-        "public_update" => {
-            let ch = need(&e.channel, "channel")?;
-            let channel = Channel::parse(&ch).ok_or_else(|| {
-                err_at(path, e.channel.as_ref().unwrap(), format!("unknown channel {ch:?} (valid: status_page, email, social, internal)"))
-            })?;
-            Event::PublicUpdate { channel }
-        }
-        "status" => {
-            let v = need(&e.value, "value")?;
-            let value = Status::parse(&v).ok_or_else(|| {
-                err_at(path, e.value.as_ref().unwrap(), format!("unknown status {v:?} (valid: investigating, identified, monitoring, resolved)"))
-            })?;
-            Event::Status { value }
-        }
-        "security" => Event::Security,
-        "internal_only" => Event::InternalOnly,
-        "legal_requested" => Event::LegalRequested,
-        "legal_approved" => Event::LegalApproved,
-        "correction" => Event::Correction,
-        "false_positive" => Event::FalsePositive,
-        "postmortem_published" => Event::PostmortemPublished,
-        "resolve" => Event::Resolve,
-        other => {
-            return Err(err_at(
-                path,
-                &e.kind,
-                format!("unknown event type {other:?} (valid: declare, ack, public_update, status, security, internal_only, legal_requested, legal_approved, correction, false_positive, postmortem_published, resolve)"),
-            ))
-        }
+    Event::from_fields(&fields, true).map(|(ev, _)| ev).map_err(|err| {
+        let span = match err.field {
+            "channel" => e.channel.as_ref(),
+            "value" => e.value.as_ref(),
+            "severity" => e.severity.as_ref(),
+            "actor" => e.actor.as_ref(),
+            "note" => e.note.as_ref(),
+            _ => None,
+        };
+        err_at(path, span.unwrap_or(&e.kind), err.message)
     })
 }
 
-fn run_test(engine: &Engine, rules: &RuleSet, default_interval: Duration, t: &PreparedTest) -> TestOutcome {
+/// Restarts the engine: saves the whole state to a fresh in-memory store, loads it back and
+/// holds the timers over the downtime, as the daemon does at start.
+fn restart(state: &State, rules: &RuleSet, now: Ts) -> Result<State, crate::store::StoreError> {
+    let mut store = Store::open_in_memory()?;
+    let names: Vec<&str> = rules.groups.iter().flat_map(|g| g.rules.iter().map(|r| r.name.as_str())).collect();
+    let incidents: Vec<&Incident> = state.incidents.values().chain(state.earlier.values().flatten()).collect();
+    store.commit(state, &Commit { rules: names.clone(), incidents, ..Default::default() })?;
+    let mut restarted = store.load_state()?;
+    restarted.hold_timers(&names, now);
+    Ok(restarted)
+}
+
+fn run_test(engine: &Engine, rules: &RuleSet, default_interval: Duration, t: &PreparedTest, options: &RunOptions) -> TestOutcome {
     let mut failures = Vec::new();
+    let mut explanations = Vec::new();
+    // The annotations of each instance's last firing decision (what was sent).
+    let mut sent: HashMap<(String, Subject), BTreeMap<String, String>> = HashMap::new();
     let end = t.expects.iter().map(|e| e.at).chain(t.events.iter().map(|e| e.0)).max().unwrap_or(0);
     // Timeline: (time, order, what). At equal times: events, then evaluations, then checks.
     enum Step {
+        Restart,
         Event(usize),
         Eval(usize),
         Check(usize),
     }
     let mut timeline: Vec<(Ts, u8, Step)> = Vec::new();
+    for &(_, until) in &t.downtime {
+        timeline.push((until, 0, Step::Restart));
+    }
     for (i, e) in t.events.iter().enumerate() {
-        timeline.push((e.0, 0, Step::Event(i)));
+        timeline.push((e.0, 1, Step::Event(i)));
     }
     for (gi, g) in rules.groups.iter().enumerate() {
         let iv = ms(g.interval_or(default_interval)).max(1);
         let mut at = 0;
         while at <= end {
-            timeline.push((at, 1, Step::Eval(gi)));
+            if !t.downtime.iter().any(|(from, until)| (*from..*until).contains(&at)) {
+                timeline.push((at, 2, Step::Eval(gi)));
+            }
             at += iv;
         }
     }
     for (i, e) in t.expects.iter().enumerate() {
-        timeline.push((e.at, 2, Step::Check(i)));
+        timeline.push((e.at, 3, Step::Check(i)));
     }
     timeline.sort_by_key(|(at, order, _)| (*at, *order));
 
     let mut state = State::default();
     for (at, _, step) in timeline {
         match step {
+            Step::Restart => match restart(&state, rules, at) {
+                Ok(s) => state = s,
+                Err(e) => failures.push(format!("at {}: restart failed: {e}", PromDuration(Duration::from_millis(at as u64)))),
+            },
             Step::Event(i) => {
-                let (_, subject, ev) = &t.events[i];
-                if let Err(e) = state.apply_event(subject, ev, at) {
+                let (_, subject, ev, id) = &t.events[i];
+                let applied = match id {
+                    Some(id) => state.apply_event_by_id(id, ev, at),
+                    None => state.apply_event(subject, ev, at),
+                };
+                if let Err(e) = applied {
                     failures.push(format!("at {}: event {} for {subject} failed: {e}", PromDuration(Duration::from_millis(at as u64)), ev.kind()));
                 }
             }
@@ -327,7 +431,15 @@ fn run_test(engine: &Engine, rules: &RuleSet, default_interval: Duration, t: &Pr
                         input.slots[slot] = SlotValues::Series(m);
                     }
                 }
-                engine.evaluate_group(g, &input, &mut state, at);
+                let out = engine.evaluate_group(g, &input, &mut state, at);
+                for d in out.decisions.into_iter().filter(|d| d.status == DecisionStatus::Firing) {
+                    sent.insert((d.rule, d.subject), d.annotations);
+                }
+                if let Some(rule) = options.explain.as_ref().and_then(|n| g.rules.iter().find(|r| &r.name == n)) {
+                    for subject in t.subjects.iter().filter(|s| s.has_label_names(&g.subject_labels)) {
+                        explanations.push(crate::engine::explain::explain(g, rule, subject, &input, &state, at).text());
+                    }
+                }
             }
             Step::Check(i) => {
                 let e = &t.expects[i];
@@ -335,10 +447,17 @@ fn run_test(engine: &Engine, rules: &RuleSet, default_interval: Duration, t: &Pr
                 if let Some(msg) = check(e, &firing) {
                     failures.push(msg);
                 }
+                for (inst, want) in &e.annotations {
+                    let got = sent.get(inst);
+                    if firing.contains(inst) && got != Some(want) {
+                        let show = |m: Option<&BTreeMap<String, String>>| serde_json::to_string_pretty(&m).unwrap_or_default().replace('\n', "\n      ");
+                        failures.push(format!("at {}:\n    annotations of {}{}:\n      expected {}\n      got      {}", e.at_text, inst.0, inst.1, show(Some(want)), show(got)));
+                    }
+                }
             }
         }
     }
-    TestOutcome { name: t.name.clone(), failures }
+    TestOutcome { name: t.name.clone(), failures, explanations }
 }
 
 fn show(set: &BTreeSet<(String, Subject)>) -> String {
