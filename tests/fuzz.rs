@@ -1,8 +1,8 @@
 //! A bounded fuzz smoke over mutated inputs, run by `cargo test` (and by CI with more cases).
 //!
 //! Four targets: `herald.yaml` loading (with its rule files and secrets on disk), rule-file
-//! loading (YAML, conditions, templates), test-file parsing (the raw format, its durations and
-//! series notation), and `when` conditions (compiled, then evaluated with known and unknown
+//! loading (YAML, conditions, templates), test files (the raw format, durations and series
+//! notation, then the whole `herald test` driver against the shipped pack), and `when` conditions (compiled, then evaluated with known and unknown
 //! signals). Each case takes a seed from the corpus and applies a few random mutations:
 //! byte edits, deletions, duplications, truncation and insertions of tokens from a dictionary,
 //! repeated up to hundreds of times to build nesting storms (`((((`, `[[[[`, `not not`, …).
@@ -46,8 +46,10 @@ fn config_seeds() -> Vec<String> {
     files(&["tests/fuzz/corpus/config"], "yaml")
 }
 
+/// Test files, pointed at the shipped pack copied next to them as `rules.yaml`.
 fn test_seeds() -> Vec<String> {
-    files(&["tests/fuzz/corpus/tests", "tests/rules"], "yaml")
+    let rule_files = regex::Regex::new(r"(?m)^rule_files:.*$").unwrap();
+    files(&["tests/fuzz/corpus/tests", "tests/rules"], "yaml").iter().map(|t| rule_files.replace(t, "rule_files: [rules.yaml]").into_owned()).collect()
 }
 
 fn when_seeds() -> Vec<String> {
@@ -233,7 +235,32 @@ proptest! {
     }
 
     #[test]
-    fn test_files_parse_without_panicking(seed in any::<prop::sample::Index>(), mutations in prop::collection::vec(mutation(), 0..6)) {
+    fn configs_never_panic(seed in any::<prop::sample::Index>(), mutations in prop::collection::vec(mutation(), 0..6)) {
+        let seeds = config_seeds();
+        let text = mutate(&seeds[seed.index(seeds.len())], &mutations);
+        // A glob across directories would walk whatever a mutation names; not what is tested.
+        prop_assume!(!["**", "/*", "*/", "/?", "?/"].iter().any(|g| text.contains(g)));
+        let dir = config_dir(&text);
+        let path = dir.path().join("herald.yaml");
+        if let Err(diags) = load_config(&path, &|_| None) {
+            prop_assert!(diags.has_errors());
+            for d in diags.errors() {
+                let d = d.to_string();
+                // Errors about the config itself are located in it; others name the rule file.
+                if d.starts_with(&path.display().to_string()) {
+                    assert_located(&d, &path.display().to_string());
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    // Each case runs the whole test driver: a quarter of the cases keeps it to seconds.
+    #![proptest_config(Config { cases: (cases() / 4).max(16), ..config() })]
+
+    #[test]
+    fn test_files_never_panic(seed in any::<prop::sample::Index>(), mutations in prop::collection::vec(mutation(), 0..6)) {
         let seeds = test_seeds();
         let text = mutate(&seeds[seed.index(seeds.len())], &mutations);
         match yaml::parse::<TestFile>("fuzz.yaml", &text) {
@@ -258,23 +285,22 @@ proptest! {
             }
             Err(d) => assert_located(&d.to_string(), "fuzz.yaml"),
         }
-    }
-
-    #[test]
-    fn configs_never_panic(seed in any::<prop::sample::Index>(), mutations in prop::collection::vec(mutation(), 0..6)) {
-        let seeds = config_seeds();
-        let text = mutate(&seeds[seed.index(seeds.len())], &mutations);
-        // A glob across directories would walk whatever a mutation names; not what is tested.
-        prop_assume!(!["**", "/*", "*/", "/?", "?/"].iter().any(|g| text.contains(g)));
-        let dir = config_dir(&text);
-        let path = dir.path().join("herald.yaml");
-        if let Err(diags) = load_config(&path, &|_| None) {
-            prop_assert!(diags.has_errors());
-            for d in diags.errors() {
-                let d = d.to_string();
-                // Errors about the config itself are located in it; others name the rule file.
-                if d.starts_with(&path.display().to_string()) {
-                    assert_located(&d, &path.display().to_string());
+        // The whole driver, on inputs whose series stay short enough to run quickly.
+        let long_series = regex::Regex::new(r"[xX]\s*\d{4,}").unwrap();
+        if !long_series.is_match(&text) && !text.contains(['*', '?']) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("rules.yaml"), std::fs::read_to_string(repo("rules/comms-lead.yaml")).unwrap()).unwrap();
+            let path = dir.path().join("fuzz.yaml");
+            std::fs::write(&path, &text).unwrap();
+            match herald::testing::run_file(&path) {
+                Ok(_) => {}
+                Err(herald::testing::FileError::Invalid(diags) | herald::testing::FileError::Unreadable(diags)) => {
+                    for d in diags.errors() {
+                        let d = d.to_string();
+                        if d.starts_with(&path.display().to_string()) {
+                            assert_located(&d, &path.display().to_string());
+                        }
+                    }
                 }
             }
         }
