@@ -740,7 +740,7 @@ mod tests {
         let pages: i64 = store.conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
         store.conn.pragma_update(None, "max_page_count", pages).unwrap();
         let mut big = entry("big", 0);
-        big.payload = "x".repeat(1 << 20);
+        big.payload = format!("{{\"text\": \"{}\"}}", "x".repeat(1 << 20));
         let e = store.commit(&State::default(), &Commit { outbox: vec![big.clone()], ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("full"), "{e}");
         assert!(health.failing());
