@@ -301,6 +301,20 @@ impl Schedule {
     }
 }
 
+/// Reloads the configuration on every request until shutdown.
+async fn reload_on_request(shared: Arc<Shared>, requests: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = requests.notified() => {
+                let s = shared.clone();
+                // Errors are logged (and counted) by `reload`.
+                let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod schedule_tests {
     use super::*;
@@ -347,16 +361,3 @@ mod schedule_tests {
     }
 }
 
-/// Reloads the configuration on every request until shutdown.
-async fn reload_on_request(shared: Arc<Shared>, requests: Arc<tokio::sync::Notify>) {
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            _ = requests.notified() => {
-                let s = shared.clone();
-                // Errors are logged (and counted) by `reload`.
-                let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
-            }
-        }
-    }
-}
