@@ -14,6 +14,7 @@ pub mod expr;
 pub mod http;
 pub mod notify;
 pub mod source;
+pub mod state_dir;
 pub mod store;
 pub mod shard;
 pub mod telemetry;

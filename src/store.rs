@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -240,6 +242,30 @@ pub struct Pruned {
 /// The state database.
 pub struct Store {
     conn: Connection,
+    saves: SaveHealth,
+}
+
+/// Whether saving fails: shared with readiness (`/-/ready` answers 503 while saves fail).
+/// Any failed write sets it and counts in `herald_state_write_failures_total`; only a
+/// successful [`Store::commit`] (a whole evaluation or event saved) clears it, so small
+/// updates that still fit on a full disk do not make readiness flap.
+#[derive(Clone, Debug, Default)]
+pub struct SaveHealth(Arc<AtomicBool>);
+
+impl SaveHealth {
+    /// True while the most recent write failed.
+    pub fn failing(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn record<T>(&self, result: Result<T, StoreError>, success_clears: bool) -> Result<T, StoreError> {
+        if result.is_err() {
+            crate::telemetry::record_state_write_failure();
+            self.0.store(true, Ordering::Relaxed);
+        } else if success_clears {
+            self.0.store(false, Ordering::Relaxed);
+        }
+        result
+    }
 }
 
 impl Store {
@@ -256,15 +282,40 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn };
+        let mut store = Store { conn, saves: SaveHealth::default() };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Runs `PRAGMA quick_check` on a database file without changing it; returns the problems
+    /// found (empty: healthy). Errors when the file is not an SQLite database at all.
+    pub fn quick_check(path: &Path) -> Result<Vec<String>, StoreError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let mut stmt = conn.prepare("PRAGMA quick_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut problems = Vec::new();
+        for row in rows {
+            let row = row?;
+            if row != "ok" {
+                problems.push(row);
+            }
+        }
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            problems.push(format!("schema version {version} is newer than this Herald knows ({})", MIGRATIONS.len()));
+        }
+        Ok(problems)
+    }
+
+    /// The health of this store's writes, to share with readiness.
+    pub fn save_health(&self) -> SaveHealth {
+        self.saves.clone()
     }
 
     /// A database in memory (`herald test` restarts through it, as the daemon does through
     /// its file).
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        let mut store = Store { conn: Connection::open_in_memory()? };
+        let mut store = Store { conn: Connection::open_in_memory()?, saves: SaveHealth::default() };
         store.migrate()?;
         Ok(store)
     }
@@ -338,10 +389,13 @@ impl Store {
 
     /// Writes one step's changes and its notifications atomically.
     pub fn commit(&mut self, state: &State, c: &Commit<'_>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        write_commit(&tx, state, c)?;
-        tx.commit()?;
-        Ok(())
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            write_commit(&tx, state, c)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, true)
     }
 
     /// All incidents, newest first (at most `limit`).
@@ -386,15 +440,18 @@ impl Store {
     /// Records signal values around incidents (for the console's chart): `(incident id, time,
     /// signal, value)` rows, in one transaction.
     pub fn record_samples(&mut self, rows: &[(&str, Ts, &str, f64)]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut ins = tx.prepare_cached("INSERT INTO samples (incident_id, at, signal, value) VALUES (?1, ?2, ?3, ?4)")?;
-            for (id, at, signal, value) in rows {
-                ins.execute(params![id, at, signal, value])?;
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut ins = tx.prepare_cached("INSERT INTO samples (incident_id, at, signal, value) VALUES (?1, ?2, ?3, ?4)")?;
+                for (id, at, signal, value) in rows {
+                    ins.execute(params![id, at, signal, value])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, false)
     }
 
     /// The signal values recorded around an incident, oldest first: (time, signal, value).
@@ -438,23 +495,34 @@ impl Store {
     /// Records a delivery attempt's outcome. A final outcome (sent, failed, suppressed,
     /// recorded by a dry run) also goes on the incident's timeline.
     pub fn mark(&mut self, id: &str, state: OutboxState, attempts: u32, not_before: Ts, error: Option<&str>, delivered_at: Option<Ts>) -> Result<(), StoreError> {
-        self.conn.execute(Q_MARK, params![id, state.as_str(), attempts, not_before, error, delivered_at])?;
-        Ok(())
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            tx.execute(Q_MARK, params![id, state.as_str(), attempts, not_before, error, delivered_at])?;
+            if state != OutboxState::Pending {
+                record_notification(&tx, id, delivered_at.unwrap_or(not_before), state, error)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, false)
     }
 
     /// Leases entries to the delivery worker: pushes their `not_before` to `until` in one
     /// transaction, so they are not picked up twice while in flight. A crash leaves them pending,
     /// and they become due again when the lease runs out (at-least-once delivery).
     pub fn claim(&mut self, ids: &[String], until: Ts) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut up = tx.prepare_cached(Q_CLAIM)?;
-            for id in ids {
-                up.execute(params![id, until])?;
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut up = tx.prepare_cached(Q_CLAIM)?;
+                for id in ids {
+                    up.execute(params![id, until])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, false)
     }
 
     /// The most recent entry (not failed) of a rule instance for a receiver — for
@@ -825,6 +893,48 @@ mod tests {
         assert!(store.events("INC-1").unwrap().is_empty());
         assert_eq!(store.events("INC-3").unwrap().len(), 1, "a listed incident keeps its events");
         assert_eq!(store.load_state().unwrap().next_incident_seq, 3, "the id sequence never goes back");
+    }
+
+    /// A real failing save: the database may not grow past its current size
+    /// (`max_page_count`), as on a full disk. The failure is counted and visible until a
+    /// save succeeds again.
+    #[test]
+    fn failing_saves_are_visible_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_dir(dir.path()).unwrap();
+        let health = store.save_health();
+        store.commit(&State::default(), &Commit::default()).unwrap();
+        assert!(!health.failing());
+        let pages: i64 = store.conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
+        store.conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let mut big = entry("big", 0);
+        big.payload = format!("{{\"text\": \"{}\"}}", "x".repeat(1 << 20));
+        let e = store.commit(&State::default(), &Commit { outbox: vec![big.clone()], ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("full"), "{e}");
+        assert!(health.failing());
+        store.conn.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+        store.commit(&State::default(), &Commit { outbox: vec![big], ..Default::default() }).unwrap();
+        assert!(!health.failing(), "recovers on the next successful save");
+    }
+
+    #[test]
+    fn quick_check_finds_a_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            let entries: Vec<_> = (0..200).map(|i| entry(&format!("n{i}"), i)).collect();
+            store.commit(&State::default(), &Commit { outbox: entries, ..Default::default() }).unwrap();
+        }
+        assert_eq!(Store::quick_check(&path).unwrap(), Vec::<String>::new());
+        // Overwrite the middle of the file (past page 1) with garbage.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 4096] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        assert!(!Store::quick_check(&path).map(|p| p.is_empty()).unwrap_or(false), "damage is detected");
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn describe_all() {
     describe_gauge!("herald_build_info", "Always 1; the version is a label.");
     describe_gauge!("herald_rule_unknown", "Subjects whose rule condition is unknown now, by rule and reason (absent, query_failed, nan, division_by_zero).");
     describe_gauge!("herald_signal_series", "Series the signal's last query returned, by group and signal (0: a typo or a missing metric, not \"all is well\").");
-    describe_counter!("herald_state_write_failures_total", "Failed writes of the state database.");
+    describe_counter!("herald_state_write_failures_total", "Failed writes of the state database (/-/ready answers 503 until a save succeeds again).");
 }
 
 /// Registers the series whose labels come from the configuration, so they exist from start
@@ -150,6 +150,11 @@ fn register_known_series() {
             metrics::counter!("herald_incidents_resolved_total", "severity" => s.as_str(), "postmortem" => pm).absolute(0);
         }
     }
+}
+
+/// Counts a write to the state database that failed.
+pub fn record_state_write_failure() {
+    metrics::counter!("herald_state_write_failures_total").increment(1);
 }
 
 /// Records whether the last configuration (re)load succeeded.

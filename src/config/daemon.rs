@@ -37,6 +37,8 @@ pub struct Config {
     pub maintenance_windows: Vec<MaintenanceWindow>,
     /// The API bearer token for mutating endpoints; `None` disables them.
     pub api_token: Option<String>,
+    /// `api.read_requires_token`: reads of `/api/…` need the token too (default false).
+    pub api_read_requires_token: bool,
     pub console: ConsoleConfig,
     /// Rule files after glob expansion.
     pub rule_files: Vec<PathBuf>,
@@ -388,8 +390,8 @@ impl Validator<'_> {
         // global
         let g = &raw.global;
         let evaluation_interval = self.duration(&g.evaluation_interval, Duration::from_secs(30));
-        if evaluation_interval.is_zero() {
-            self.err(g.evaluation_interval.as_ref().unwrap(), "evaluation_interval must be greater than 0");
+        if let Some(raw_interval) = g.evaluation_interval.as_ref().filter(|_| evaluation_interval < super::rules::MIN_INTERVAL) {
+            self.err(raw_interval, format!("evaluation_interval {} is too short: the minimum is 1s", raw_interval.value));
         }
         let listen = match &g.listen {
             Some(l) => match self.interp(l).parse::<SocketAddr>() {
@@ -428,6 +430,10 @@ impl Validator<'_> {
             if t.is_empty() {
                 self.err(f, "api token file is empty");
             }
+        }
+        let api_read_requires_token = raw.api.read_requires_token.as_ref().is_some_and(|r| r.value);
+        if let Some(r) = raw.api.read_requires_token.as_ref().filter(|r| r.value && raw.api.token_file.is_none()) {
+            self.err(r, "read_requires_token needs api.token_file (the token readers must present)");
         }
 
         let console = ConsoleConfig {
@@ -509,6 +515,7 @@ impl Validator<'_> {
             notification,
             maintenance_windows,
             api_token,
+            api_read_requires_token,
             console,
             rule_files,
             rules: rules?,

@@ -405,6 +405,8 @@ pub struct RawMaintenance {
 pub struct RawApi {
     #[serde(default)]
     pub token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub read_requires_token: Option<Spanned<bool>>,
 }
 
 /// `shard:` in `herald.yaml`.

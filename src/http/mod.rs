@@ -3,11 +3,13 @@
 //! One file per concern: [`ops`] (health, readiness, reload, metrics), [`rules`] (the rules
 //! view), [`incidents`] (listing, declaring, events), [`notifications`] (the outbox). This
 //! module holds the router, the JSON error type and bearer-token authentication for mutating
-//! calls.
+//! calls; [`access`] holds the token check, the read guard (`api.read_requires_token`) and
+//! the reload rate limit.
 //!
 //! Handlers never hold the `core` lock on an async worker: everything that touches the state
 //! or the store runs in `spawn_blocking` (SQLite fsyncs under that lock).
 
+mod access;
 mod explain;
 mod incidents;
 mod notifications;
@@ -58,6 +60,8 @@ fn api_router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/incidents/{id}/samples", get(samples::list))
         .route("/api/v1/notifications", get(notifications::list))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), access::require_read_token))
+        .layer(axum::Extension(Arc::new(access::ReloadGate::default())))
         .with_state(shared)
 }
 
@@ -149,17 +153,7 @@ impl FromRequestParts<Arc<Shared>> for Authorized {
                 "mutating API calls are disabled: set api.token_file in the configuration to enable them",
             ));
         };
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
-        match given {
-            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>` header")),
-            Some(t) if tokens_equal(t, expected) => Ok(Authorized),
-            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API token")),
-        }
+        access::check_token(&parts.headers, expected).map(|()| Authorized)
     }
 }
 

@@ -237,7 +237,7 @@ fn luhn_valid(digits: &[u32]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn validate_card(text: &str, c: &Captures<'_>) -> Option<Range<usize>> {
