@@ -18,13 +18,13 @@ fn main() {
     let group = &rules.groups[0];
     let subjects: Vec<Subject> = (0..SUBJECTS).map(|i| Subject::new([("service", format!("svc-{i:05}"))])).collect();
     let series = |f: &dyn Fn(usize) -> f64| -> SlotValues { SlotValues::Series(subjects.iter().enumerate().map(|(i, s)| (s.clone(), f(i))).collect::<HashMap<_, _>>()) };
-    let breaching = |i: usize| i % 20 == 0;
+    let breaching = |i: usize| i.is_multiple_of(20);
     let mut input = GroupInput::new(group);
     let set = |input: &mut GroupInput, name: &str, v: SlotValues| input.slots[group.slot(name).unwrap()] = v;
     set(&mut input, "sli", series(&|i| if breaching(i) { 0.95 } else { 0.9995 }));
     set(&mut input, "affected_ratio", series(&|i| if breaching(i) { 0.12 } else { 0.001 }));
     set(&mut input, "burn_rate", series(&|i| if breaching(i) { 8.0 } else { 0.4 }));
-    set(&mut input, "customer_facing", series(&|i| if i % 7 == 0 { 0.0 } else { 1.0 }));
+    set(&mut input, "customer_facing", series(&|i| if i.is_multiple_of(7) { 0.0 } else { 1.0 }));
     set(&mut input, "security", SlotValues::Series(HashMap::new()));
     set(&mut input, "tickets", series(&|i| (i % 13) as f64));
     set(&mut input, "tickets_baseline", series(&|i| (i % 5) as f64));

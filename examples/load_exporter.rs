@@ -22,7 +22,7 @@ async fn main() {
         loop {
             tick.tick().await;
             for (i, (ok, err)) in t.lock().unwrap().iter_mut().enumerate() {
-                let ratio = if i % 20 == 0 { 0.05 } else { 0.0002 };
+                let ratio = if i.is_multiple_of(20) { 0.05 } else { 0.0002 };
                 *ok += 20.0 * (1.0 - ratio);
                 *err += 20.0 * ratio;
             }
@@ -41,11 +41,11 @@ async fn main() {
                     let _ = writeln!(out, "http_requests_total{{service=\"svc-{i:04}\",code=\"500\"}} {err}");
                 }
                 for (i, _) in totals.iter().enumerate() {
-                    let affected = if i % 20 == 0 { 120 } else { 1 };
+                    let affected = if i.is_multiple_of(20) { 120 } else { 1 };
                     let _ = writeln!(out, "customers_active{{service=\"svc-{i:04}\"}} 1000");
                     let _ = writeln!(out, "customers_with_errors{{service=\"svc-{i:04}\"}} {affected}");
                     let _ = writeln!(out, "service_customer_facing{{service=\"svc-{i:04}\"}} 1");
-                    let _ = writeln!(out, "support_tickets_1h{{service=\"svc-{i:04}\"}} {}", if i % 50 == 0 { 12 } else { i % 3 });
+                    let _ = writeln!(out, "support_tickets_1h{{service=\"svc-{i:04}\"}} {}", if i.is_multiple_of(50) { 12 } else { i % 3 });
                 }
                 out
             }

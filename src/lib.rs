@@ -7,12 +7,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod engine;
 pub mod expr;
 pub mod http;
 pub mod notify;
 pub mod source;
+pub mod state_dir;
 pub mod store;
+pub mod shard;
 pub mod telemetry;
 pub mod testing;

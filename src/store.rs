@@ -6,9 +6,16 @@
 //! WAL with `synchronous=FULL`, so a committed transaction survives `kill -9` and power loss.
 //! This module does no network I/O and makes no decisions; it is blocking (call it from
 //! `spawn_blocking` or a dedicated thread).
+//!
+//! Every query that runs per evaluation or per delivery searches an index (the SQL lives in
+//! `Q_*` constants; a unit test prints and checks their `EXPLAIN QUERY PLAN`). Retention
+//! ([`Store::prune`]) removes finished outbox entries and old resolved incidents with their
+//! events in short batches.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -175,11 +182,90 @@ r#"
 ALTER TABLE events ADD COLUMN source TEXT NOT NULL DEFAULT 'person';
 ALTER TABLE events ADD COLUMN actor TEXT;
 ALTER TABLE events ADD COLUMN note TEXT;
+"#,
+// console: signal values recorded around incidents, for the chart.
+r#"
+CREATE TABLE samples (
+    incident_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    signal TEXT NOT NULL,
+    value REAL NOT NULL
+);
+CREATE INDEX samples_incident ON samples (incident_id, at);
+"#, r#"
+-- Per-evaluation and per-delivery lookups by subject and by rule instance, and retention.
+CREATE INDEX outbox_subject ON outbox (subject, receiver, state, created_at);
+CREATE INDEX outbox_instance ON outbox (rule, subject, receiver, created_at);
+CREATE INDEX incidents_resolved ON incidents (resolved_at);
 "#];
+
+/// The outbox states that never change again: retention prunes them.
+const FINISHED: [OutboxState; 4] = [OutboxState::Sent, OutboxState::Failed, OutboxState::Suppressed, OutboxState::DryRun];
+
+// Queries that run per evaluation or per delivery. Each must use an index (no full scan of the
+// outbox or the events): `hot_queries_use_indexes` prints and checks their query plans.
+const Q_DUE: &str = "WHERE state = 'pending' AND not_before <= ?1 ORDER BY not_before, created_at LIMIT ?2";
+const Q_NEXT_DUE: &str = "SELECT MIN(not_before) FROM outbox WHERE state = 'pending'";
+const Q_PENDING_COUNT: &str = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'";
+const Q_LAST_FOR: &str = "WHERE dedup_key = ?1 AND receiver = ?2 AND state != 'failed' ORDER BY created_at DESC LIMIT 1";
+const Q_MARK: &str = "UPDATE outbox SET state = ?2, attempts = ?3, not_before = ?4, last_error = ?5, delivered_at = ?6 WHERE id = ?1";
+const Q_CLAIM: &str = "UPDATE outbox SET not_before = ?2 WHERE id = ?1 AND state = 'pending'";
+const Q_LAST_FOR_INSTANCE: &str = "WHERE rule = ?1 AND subject = ?2 AND receiver = ?3 AND state != 'failed' ORDER BY created_at DESC LIMIT 1";
+const Q_LAST_DELIVERED: &str = "WHERE subject = ?1 AND receiver = ?2 AND state IN ('sent', 'dry_run') ORDER BY delivered_at DESC LIMIT 1";
+const Q_PENDING_FOR: &str = "WHERE subject = ?1 AND receiver = ?2 AND state = 'pending' ORDER BY created_at";
+const Q_EVENTS: &str = "SELECT at, data FROM events WHERE incident_id = ?1 AND source = 'person' ORDER BY seq";
+const Q_DELETE_INSTANCES: &str = "DELETE FROM instances WHERE rule = ?1";
+const Q_ANY_PRUNABLE_OUTBOX: &str = "SELECT 1 FROM outbox WHERE state = ?1 AND not_before < ?2 LIMIT 1";
+const Q_PRUNE_OUTBOX: &str = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = ?1 AND not_before < ?2 LIMIT ?3)";
+/// Resolved incidents older than the cutoff, except each subject's latest (the engine's state
+/// refers to it, and it keeps the incident id sequence).
+const Q_PRUNABLE_INCIDENTS: &str =
+    "SELECT id FROM incidents i WHERE resolved_at < ?1 AND seq < (SELECT MAX(seq) FROM incidents j WHERE j.subject = i.subject) LIMIT ?2";
+const Q_DELETE_EVENTS: &str = "DELETE FROM events WHERE incident_id = ?1";
+const Q_DELETE_INCIDENT: &str = "DELETE FROM incidents WHERE id = ?1";
+const Q_DELETE_SAMPLES: &str = "DELETE FROM samples WHERE incident_id = ?1";
+
+const OUTBOX_COLUMNS: &str =
+    "SELECT id, dedup_key, receiver, rule, subject, status, payload, created_at, not_before, deadline, attempts, state, last_error, delivered_at FROM outbox";
+
+/// What one retention batch removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Finished outbox entries.
+    pub outbox: usize,
+    /// Resolved incidents (with their events).
+    pub incidents: usize,
+    /// Events of those incidents.
+    pub events: usize,
+}
 
 /// The state database.
 pub struct Store {
     conn: Connection,
+    saves: SaveHealth,
+}
+
+/// Whether saving fails: shared with readiness (`/-/ready` answers 503 while saves fail).
+/// Any failed write sets it and counts in `herald_state_write_failures_total`; only a
+/// successful [`Store::commit`] (a whole evaluation or event saved) clears it, so small
+/// updates that still fit on a full disk do not make readiness flap.
+#[derive(Clone, Debug, Default)]
+pub struct SaveHealth(Arc<AtomicBool>);
+
+impl SaveHealth {
+    /// True while the most recent write failed.
+    pub fn failing(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn record<T>(&self, result: Result<T, StoreError>, success_clears: bool) -> Result<T, StoreError> {
+        if result.is_err() {
+            crate::telemetry::record_state_write_failure();
+            self.0.store(true, Ordering::Relaxed);
+        } else if success_clears {
+            self.0.store(false, Ordering::Relaxed);
+        }
+        result
+    }
 }
 
 impl Store {
@@ -196,15 +282,40 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn };
+        let mut store = Store { conn, saves: SaveHealth::default() };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Runs `PRAGMA quick_check` on a database file without changing it; returns the problems
+    /// found (empty: healthy). Errors when the file is not an SQLite database at all.
+    pub fn quick_check(path: &Path) -> Result<Vec<String>, StoreError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let mut stmt = conn.prepare("PRAGMA quick_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut problems = Vec::new();
+        for row in rows {
+            let row = row?;
+            if row != "ok" {
+                problems.push(row);
+            }
+        }
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            problems.push(format!("schema version {version} is newer than this Herald knows ({})", MIGRATIONS.len()));
+        }
+        Ok(problems)
+    }
+
+    /// The health of this store's writes, to share with readiness.
+    pub fn save_health(&self) -> SaveHealth {
+        self.saves.clone()
     }
 
     /// A database in memory (`herald test` restarts through it, as the daemon does through
     /// its file).
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        let mut store = Store { conn: Connection::open_in_memory()? };
+        let mut store = Store { conn: Connection::open_in_memory()?, saves: SaveHealth::default() };
         store.migrate()?;
         Ok(store)
     }
@@ -278,10 +389,13 @@ impl Store {
 
     /// Writes one step's changes and its notifications atomically.
     pub fn commit(&mut self, state: &State, c: &Commit<'_>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        write_commit(&tx, state, c)?;
-        tx.commit()?;
-        Ok(())
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            write_commit(&tx, state, c)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, true)
     }
 
     /// All incidents, newest first (at most `limit`).
@@ -314,7 +428,7 @@ impl Store {
 
     /// An incident's people's events, oldest first: (time, event).
     pub fn events(&self, incident_id: &str) -> Result<Vec<(Ts, Event)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT at, data FROM events WHERE incident_id = ?1 AND source = 'person' ORDER BY seq")?;
+        let mut stmt = self.conn.prepare(Q_EVENTS)?;
         let rows = stmt.query_map([incident_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         rows.map(|row| {
             let (at, d) = row?;
@@ -323,14 +437,38 @@ impl Store {
         .collect()
     }
 
+    /// Records signal values around incidents (for the console's chart): `(incident id, time,
+    /// signal, value)` rows, in one transaction.
+    pub fn record_samples(&mut self, rows: &[(&str, Ts, &str, f64)]) -> Result<(), StoreError> {
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut ins = tx.prepare_cached("INSERT INTO samples (incident_id, at, signal, value) VALUES (?1, ?2, ?3, ?4)")?;
+                for (id, at, signal, value) in rows {
+                    ins.execute(params![id, at, signal, value])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, false)
+    }
+
+    /// The signal values recorded around an incident, oldest first: (time, signal, value).
+    pub fn samples(&self, incident_id: &str) -> Result<Vec<(Ts, String, f64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT at, signal, value FROM samples WHERE incident_id = ?1 ORDER BY at, signal")?;
+        let rows = stmt.query_map([incident_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Pending entries due at `now`, oldest first.
     pub fn due(&self, now: Ts, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.select_outbox("WHERE state = 'pending' AND not_before <= ?1 ORDER BY not_before, created_at LIMIT ?2", params![now, limit as i64])
+        self.select_outbox(Q_DUE, params![now, limit as i64])
     }
 
     /// The earliest time a pending entry becomes due, if any.
     pub fn next_due(&self) -> Result<Option<Ts>, StoreError> {
-        Ok(self.conn.query_row("SELECT MIN(not_before) FROM outbox WHERE state = 'pending'", [], |r| r.get::<_, Option<i64>>(0))?)
+        Ok(self.conn.query_row(Q_NEXT_DUE, [], |r| r.get::<_, Option<i64>>(0))?)
     }
 
     /// Entries by state (for the API and tests), newest first.
@@ -343,58 +481,55 @@ impl Store {
 
     /// How many entries are pending.
     pub fn pending_count(&self) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.conn.query_row(Q_PENDING_COUNT, [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// The most recent entry that went out (or was recorded) for a dedup key and receiver,
     /// excluding failures — for `min_interval` and `repeat_interval`.
     pub fn last_for(&self, dedup_key: &str, receiver: &str) -> Result<Option<OutboxEntry>, StoreError> {
         Ok(self
-            .select_outbox(
-                "WHERE dedup_key = ?1 AND receiver = ?2 AND state != 'failed' ORDER BY created_at DESC LIMIT 1",
-                params![dedup_key, receiver],
-            )?
+            .select_outbox(Q_LAST_FOR, params![dedup_key, receiver])?
             .pop())
     }
 
     /// Records a delivery attempt's outcome. A final outcome (sent, failed, suppressed,
     /// recorded by a dry run) also goes on the incident's timeline.
     pub fn mark(&mut self, id: &str, state: OutboxState, attempts: u32, not_before: Ts, error: Option<&str>, delivered_at: Option<Ts>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE outbox SET state = ?2, attempts = ?3, not_before = ?4, last_error = ?5, delivered_at = ?6 WHERE id = ?1",
-            params![id, state.as_str(), attempts, not_before, error, delivered_at],
-        )?;
-        if state != OutboxState::Pending {
-            record_notification(&tx, id, delivered_at.unwrap_or(not_before), state, error)?;
-        }
-        tx.commit()?;
-        Ok(())
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            tx.execute(Q_MARK, params![id, state.as_str(), attempts, not_before, error, delivered_at])?;
+            if state != OutboxState::Pending {
+                record_notification(&tx, id, delivered_at.unwrap_or(not_before), state, error)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, false)
     }
 
     /// Leases entries to the delivery worker: pushes their `not_before` to `until` in one
     /// transaction, so they are not picked up twice while in flight. A crash leaves them pending,
     /// and they become due again when the lease runs out (at-least-once delivery).
     pub fn claim(&mut self, ids: &[String], until: Ts) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut up = tx.prepare_cached("UPDATE outbox SET not_before = ?2 WHERE id = ?1 AND state = 'pending'")?;
-            for id in ids {
-                up.execute(params![id, until])?;
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut up = tx.prepare_cached(Q_CLAIM)?;
+                for id in ids {
+                    up.execute(params![id, until])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })();
+        self.saves.record(result, false)
     }
 
     /// The most recent entry (not failed) of a rule instance for a receiver — for
     /// `repeat_interval`.
     pub fn last_for_instance(&self, rule: &str, subject: &str, receiver: &str) -> Result<Option<OutboxEntry>, StoreError> {
         Ok(self
-            .select_outbox(
-                "WHERE rule = ?1 AND subject = ?2 AND receiver = ?3 AND state != 'failed' ORDER BY created_at DESC LIMIT 1",
-                params![rule, subject, receiver],
-            )?
+            .select_outbox(Q_LAST_FOR_INSTANCE, params![rule, subject, receiver])?
             .pop())
     }
 
@@ -402,22 +537,56 @@ impl Store {
     /// subject — for `min_interval`.
     pub fn last_delivered_for_subject(&self, subject: &str, receiver: &str) -> Result<Option<OutboxEntry>, StoreError> {
         Ok(self
-            .select_outbox(
-                "WHERE subject = ?1 AND receiver = ?2 AND state IN ('sent', 'dry_run') ORDER BY delivered_at DESC LIMIT 1",
-                params![subject, receiver],
-            )?
+            .select_outbox(Q_LAST_DELIVERED, params![subject, receiver])?
             .pop())
     }
 
     /// Pending entries of a subject for a receiver, oldest first — for `group_wait`.
     pub fn pending_for(&self, subject: &str, receiver: &str) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.select_outbox("WHERE subject = ?1 AND receiver = ?2 AND state = 'pending' ORDER BY created_at", params![subject, receiver])
+        self.select_outbox(Q_PENDING_FOR, params![subject, receiver])
+    }
+
+    /// One retention batch: removes at most `batch` finished outbox entries (sent, failed,
+    /// suppressed, dry-run) of each state whose last attempt (`not_before`) is before `cutoff`,
+    /// and at most `batch` incidents resolved before `cutoff` with their events, keeping each
+    /// subject's latest incident. Pending entries are never pruned. Call it until it returns
+    /// less than `batch` of everything (each batch is one short transaction).
+    pub fn prune(&mut self, cutoff: Ts, batch: usize) -> Result<Pruned, StoreError> {
+        // Reads first: most passes find nothing, and then take no write lock and no fsync.
+        let mut any = false;
+        for state in FINISHED {
+            any |= self.conn.prepare_cached(Q_ANY_PRUNABLE_OUTBOX)?.exists(params![state.as_str(), cutoff])?;
+        }
+        any |= self.conn.prepare_cached(Q_PRUNABLE_INCIDENTS)?.exists(params![cutoff, 1])?;
+        if !any {
+            return Ok(Pruned::default());
+        }
+        let tx = self.conn.transaction()?;
+        let mut pruned = Pruned::default();
+        {
+            let mut del = tx.prepare_cached(Q_PRUNE_OUTBOX)?;
+            for state in FINISHED {
+                pruned.outbox += del.execute(params![state.as_str(), cutoff, batch as i64])?;
+            }
+            let ids: Vec<String> = tx
+                .prepare_cached(Q_PRUNABLE_INCIDENTS)?
+                .query_map(params![cutoff, batch as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut events = tx.prepare_cached(Q_DELETE_EVENTS)?;
+            let mut incidents = tx.prepare_cached(Q_DELETE_INCIDENT)?;
+            let mut samples = tx.prepare_cached(Q_DELETE_SAMPLES)?;
+            for id in &ids {
+                pruned.events += events.execute([id])?;
+                samples.execute([id])?;
+                pruned.incidents += incidents.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(pruned)
     }
 
     fn select_outbox(&self, tail: &str, p: impl rusqlite::Params) -> Result<Vec<OutboxEntry>, StoreError> {
-        let sql = format!(
-            "SELECT id, dedup_key, receiver, rule, subject, status, payload, created_at, not_before, deadline, attempts, state, last_error, delivered_at FROM outbox {tail}"
-        );
+        let sql = format!("{OUTBOX_COLUMNS} {tail}");
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(p, |r| {
             Ok((
@@ -451,7 +620,7 @@ impl Store {
 
 fn write_commit(tx: &Transaction<'_>, state: &State, c: &Commit<'_>) -> Result<(), StoreError> {
     {
-        let mut del = tx.prepare_cached("DELETE FROM instances WHERE rule = ?1")?;
+        let mut del = tx.prepare_cached(Q_DELETE_INSTANCES)?;
         let mut ins = tx.prepare_cached(
             "INSERT INTO instances (rule, subject, phase, active_at, fired_at, keep_firing_since, last_eval) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
@@ -631,6 +800,141 @@ mod tests {
         state.instances.get_mut("R").unwrap().clear();
         store.commit(&state, &Commit { rules: vec!["R"], ..Default::default() }).unwrap();
         assert!(store.load_state().unwrap().instances.is_empty());
+    }
+
+    /// Every query that runs per evaluation or per delivery, with its plan: none may scan the
+    /// outbox, the events or the instances (an index search is fine; a temporary b-tree over
+    /// the few rows an index found is fine too).
+    #[test]
+    fn hot_queries_use_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).unwrap();
+        let outbox = |tail: &str| format!("{OUTBOX_COLUMNS} {tail}");
+        let queries: Vec<(&str, String)> = vec![
+            ("worker: due entries", outbox(Q_DUE)),
+            ("worker: next due time", Q_NEXT_DUE.into()),
+            ("worker: pending gauge", Q_PENDING_COUNT.into()),
+            ("worker: lease", Q_CLAIM.into()),
+            ("worker: mark outcome", Q_MARK.into()),
+            ("worker: min_interval", outbox(Q_LAST_DELIVERED)),
+            ("worker: repeat_interval", outbox(Q_LAST_FOR_INSTANCE)),
+            ("plan: group_wait", outbox(Q_PENDING_FOR)),
+            ("plan: last for dedup key", outbox(Q_LAST_FOR)),
+            ("commit: replace a rule's instances", Q_DELETE_INSTANCES.into()),
+            ("api: an incident's events", Q_EVENTS.into()),
+            ("retention: anything to prune?", Q_ANY_PRUNABLE_OUTBOX.into()),
+            ("retention: finished outbox entries", Q_PRUNE_OUTBOX.into()),
+            ("retention: resolved incidents", Q_PRUNABLE_INCIDENTS.into()),
+            ("retention: their events", Q_DELETE_EVENTS.into()),
+            ("retention: their recorded samples", Q_DELETE_SAMPLES.into()),
+        ];
+        for (what, sql) in &queries {
+            let mut stmt = store.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let nulls = rusqlite::params_from_iter(std::iter::repeat_n(rusqlite::types::Null, stmt.parameter_count()));
+            let plan: Vec<String> = stmt.query_map(nulls, |r| r.get::<_, String>(3)).unwrap().map(Result::unwrap).collect();
+            println!("{what}:\n  {sql}\n  -> {}", plan.join("\n  -> "));
+            assert!(!plan.is_empty(), "{what}: no plan");
+            for step in &plan {
+                assert!(!step.starts_with("SCAN "), "{what} scans a table: {plan:?}");
+            }
+            assert!(plan.iter().any(|p| p.starts_with("SEARCH")), "{what}: {plan:?}");
+        }
+    }
+
+    #[test]
+    fn retention_prunes_finished_entries_and_old_resolved_incidents_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_dir(dir.path()).unwrap();
+        let day = 86_400_000;
+        let old = |id: &str| entry(id, 0);
+        store
+            .commit(
+                &State::default(),
+                &Commit { outbox: vec![old("sent"), old("failed"), old("pending"), old("suppressed"), entry("recent", 40 * day)], ..Default::default() },
+            )
+            .unwrap();
+        store.mark("sent", OutboxState::Sent, 1, 0, None, Some(1)).unwrap();
+        store.mark("failed", OutboxState::Failed, 3, 0, Some("HTTP 410"), None).unwrap();
+        store.mark("suppressed", OutboxState::Suppressed, 0, 0, Some("maintenance window"), None).unwrap();
+        store.mark("recent", OutboxState::Sent, 1, 40 * day, None, Some(40 * day)).unwrap();
+        // Two incidents of checkout (the older resolved long ago), one of search (resolved long
+        // ago, but its latest).
+        let checkout = Subject::new([("service", "checkout")]);
+        let search = Subject::new([("service", "search")]);
+        let mut i1 = Incident::open("INC-1".into(), checkout.clone(), Severity::Critical, 0, None);
+        i1.resolved_at = Some(day);
+        let i2 = Incident::open("INC-2".into(), checkout.clone(), Severity::Critical, 35 * day, None);
+        let mut i3 = Incident::open("INC-3".into(), search, Severity::Warning, 0, None);
+        i3.resolved_at = Some(day);
+        let ack = Event::Ack;
+        store
+            .commit(
+                &State::default(),
+                &Commit { incidents: vec![&i1, &i2, &i3], events: vec![("INC-1", 1, &ack), ("INC-1", 2, &ack), ("INC-2", 35 * day, &ack), ("INC-3", 1, &ack)], ..Default::default() },
+            )
+            .unwrap();
+        let cutoff = 40 * day - 30 * day;
+        let mut total = Pruned::default();
+        loop {
+            let p = store.prune(cutoff, 1).unwrap();
+            total.outbox += p.outbox;
+            total.incidents += p.incidents;
+            total.events += p.events;
+            if p == Pruned::default() {
+                break;
+            }
+        }
+        assert_eq!(total, Pruned { outbox: 3, incidents: 1, events: 2 });
+        let mut left: Vec<String> = store.outbox(None, 100).unwrap().into_iter().map(|e| e.id).collect();
+        left.sort();
+        assert_eq!(left, vec!["pending", "recent"]);
+        let ids: Vec<String> = store.incidents(100).unwrap().into_iter().map(|i| i.id).collect();
+        assert_eq!(ids, vec!["INC-3", "INC-2"]);
+        assert!(store.events("INC-1").unwrap().is_empty());
+        assert_eq!(store.events("INC-3").unwrap().len(), 1, "a listed incident keeps its events");
+        assert_eq!(store.load_state().unwrap().next_incident_seq, 3, "the id sequence never goes back");
+    }
+
+    /// A real failing save: the database may not grow past its current size
+    /// (`max_page_count`), as on a full disk. The failure is counted and visible until a
+    /// save succeeds again.
+    #[test]
+    fn failing_saves_are_visible_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_dir(dir.path()).unwrap();
+        let health = store.save_health();
+        store.commit(&State::default(), &Commit::default()).unwrap();
+        assert!(!health.failing());
+        let pages: i64 = store.conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
+        store.conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let mut big = entry("big", 0);
+        big.payload = format!("{{\"text\": \"{}\"}}", "x".repeat(1 << 20));
+        let e = store.commit(&State::default(), &Commit { outbox: vec![big.clone()], ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("full"), "{e}");
+        assert!(health.failing());
+        store.conn.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+        store.commit(&State::default(), &Commit { outbox: vec![big], ..Default::default() }).unwrap();
+        assert!(!health.failing(), "recovers on the next successful save");
+    }
+
+    #[test]
+    fn quick_check_finds_a_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            let entries: Vec<_> = (0..200).map(|i| entry(&format!("n{i}"), i)).collect();
+            store.commit(&State::default(), &Commit { outbox: entries, ..Default::default() }).unwrap();
+        }
+        assert_eq!(Store::quick_check(&path).unwrap(), Vec::<String>::new());
+        // Overwrite the middle of the file (past page 1) with garbage.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 4096] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        assert!(!Store::quick_check(&path).map(|p| p.is_empty()).unwrap_or(false), "damage is detected");
     }
 
     #[test]

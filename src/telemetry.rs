@@ -96,6 +96,26 @@ fn describe_all() {
     describe_gauge!("herald_build_info", "Always 1; the version is a label.");
     describe_gauge!("herald_rule_unknown", "Subjects whose rule condition is unknown now, by rule and reason (absent, query_failed, nan, division_by_zero).");
     describe_gauge!("herald_signal_series", "Series the signal's last query returned, by group and signal (0: a typo or a missing metric, not \"all is well\").");
+    describe_counter!("herald_state_write_failures_total", "Failed writes of the state database (/-/ready answers 503 until a save succeeds again).");
+}
+
+/// Registers the series whose labels come from the configuration, so they exist from start
+/// and after a reload that adds rules or signals: evaluation failures, unknown rules and
+/// `herald_signal_series{group,signal}` for every query signal. Adds zero, so a reload keeps
+/// the current values ([`register_group`] sets the start values once).
+pub fn register_config_series(config: &crate::config::Config) {
+    metrics::counter!("herald_state_write_failures_total").increment(0);
+    for g in &config.rules.groups {
+        metrics::counter!("herald_rule_evaluation_failures_total", "group" => g.name.clone()).increment(0);
+        for r in &g.rules {
+            for reason in crate::engine::UnknownReason::ALL {
+                metrics::gauge!("herald_rule_unknown", "rule" => r.name.clone(), "reason" => reason.as_str()).increment(0.0);
+            }
+        }
+        for s in g.signals.iter().filter(|s| matches!(s.source, crate::config::SignalSource::Query(_))) {
+            metrics::gauge!("herald_signal_series", "group" => g.name.clone(), "signal" => s.name.clone()).increment(0.0);
+        }
+    }
 }
 
 /// A group's health series exist from start: evaluation failures at 0, the datasource down
@@ -117,6 +137,7 @@ fn register_known_series() {
     metrics::gauge!("herald_config_last_reload_successful").set(1.0);
     metrics::counter!("herald_update_corrections_total").absolute(0);
     metrics::counter!("herald_false_notifications_total").absolute(0);
+    metrics::counter!("herald_state_write_failures_total").absolute(0);
     for h in COMMS_HISTOGRAMS {
         let _ = metrics::histogram!(h);
     }
@@ -129,6 +150,11 @@ fn register_known_series() {
             metrics::counter!("herald_incidents_resolved_total", "severity" => s.as_str(), "postmortem" => pm).absolute(0);
         }
     }
+}
+
+/// Counts a write to the state database that failed.
+pub fn record_state_write_failure() {
+    metrics::counter!("herald_state_write_failures_total").increment(1);
 }
 
 /// Records whether the last configuration (re)load succeeded.

@@ -264,7 +264,7 @@ fn reload_keeps_the_old_config_on_errors_and_sighup_reloads() {
     // A broken rule file: refused with every problem located, the old rules keep running.
     let broken = rules_file("      - name: Broken\n        when: incident.open and\n        action: notify\n        for: 5x\n");
     std::fs::write(setup.path("rules.yaml"), &broken).unwrap();
-    let r = d.req("POST", "/-/reload", None, None);
+    let r = d.req("POST", "/-/reload", Some(TOKEN), None);
     assert_eq!(r.status, 400, "{r:?}");
     let v = r.json();
     let diags: Vec<&str> = v["diagnostics"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
@@ -279,7 +279,8 @@ fn reload_keeps_the_old_config_on_errors_and_sighup_reloads() {
     // Fixed: reloaded, the rules API shows the new rule.
     let fixed = rules_file("      - name: Informed\n        when: incident.open and incident.public_updates > 0\n        action: notify\n        severity: info\n");
     std::fs::write(setup.path("rules.yaml"), &fixed).unwrap();
-    let r = d.req("POST", "/-/reload", None, None);
+    std::thread::sleep(Duration::from_secs(1)); // reloads are limited to one per second
+    let r = d.req("POST", "/-/reload", Some(TOKEN), None);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["rules"], 2);
     assert_eq!(d.rule_names(), ["AckOverdue", "Informed"]);

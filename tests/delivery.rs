@@ -41,6 +41,15 @@ struct Reply {
     delay: Duration,
 }
 
+/// An answer with a `Retry-After` header.
+fn reply_retry_after(status: u16, retry_after: &str) -> Reply {
+    Reply {
+        status,
+        retry_after: Some(retry_after.into()),
+        delay: Duration::ZERO,
+    }
+}
+
 fn reply(status: u16) -> Reply {
     Reply {
         status,
@@ -214,6 +223,11 @@ fn fast_tuning() -> DeliveryTuning {
 }
 
 fn write_config(dir: &Path, receivers: &str, names: &[&str], notification: &str) -> Config {
+    write_config_with(dir, receivers, names, notification, "  external_url: http://herald.test\n")
+}
+
+/// `global` holds extra `global:` lines (it must give `external_url`).
+fn write_config_with(dir: &Path, receivers: &str, names: &[&str], notification: &str, global: &str) -> Config {
     metrics(); // installed before any worker records
     std::fs::write(
         dir.join("rules.yaml"),
@@ -221,7 +235,7 @@ fn write_config(dir: &Path, receivers: &str, names: &[&str], notification: &str)
     )
     .unwrap();
     let yaml = format!(
-        "global:\n  evaluation_interval: 30s\n  state_dir: {}\n  external_url: http://herald.test\nreceivers:\n{receivers}\nnotification:\n{notification}\nrule_files: [rules.yaml]\n",
+        "global:\n  evaluation_interval: 30s\n  state_dir: {}\n{global}receivers:\n{receivers}\nnotification:\n{notification}\nrule_files: [rules.yaml]\n",
         dir.join("data").display()
     );
     std::fs::write(dir.join("herald.yaml"), yaml).unwrap();
@@ -232,9 +246,14 @@ fn write_config(dir: &Path, receivers: &str, names: &[&str], notification: &str)
 }
 
 fn env(receivers: &str, names: &[&str], notification: &str, dry_run: bool) -> Env {
+    env_with(receivers, names, notification, dry_run, "  external_url: http://herald.test\n")
+}
+
+/// [`env`] with extra `global:` lines (which must give `external_url`).
+fn env_with(receivers: &str, names: &[&str], notification: &str, dry_run: bool, global: &str) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let config = write_config(&dir, receivers, names, notification);
+    let config = write_config_with(&dir, receivers, names, notification, global);
     let store = Store::open_dir(&config.global.state_dir).unwrap();
     let shared = Arc::new(Shared::new(config, store, RunOptions { dry_run, ..Default::default() }).unwrap());
     Env {
@@ -356,6 +375,16 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 fn hook_yaml(name: &str, url: &str, extra: &str) -> String {
     format!("  - name: {name}\n    type: webhook\n    url: {url}\n    timeout: 2s\n{extra}")
+}
+
+/// One webhook receiver `name` answering `script`, and one page for it planned and committed:
+/// the setup most single-receiver delivery tests share.
+async fn one_page(name: &str, script: Vec<Reply>) -> (Server, Env, OutboxEntry) {
+    let srv = Server::start(script).await;
+    let e = env(&hook_yaml(name, &srv.url("/hook"), ""), &[name], "  group_wait: 1s", false);
+    let planned = enqueue(&e.shared, &[decision("Page", DecisionStatus::Firing, "checkout", None, &[name])]);
+    let page = planned.into_iter().next().expect("one entry");
+    (srv, e, page)
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -482,23 +511,8 @@ async fn a_receiver_that_is_down_gets_the_page_once_it_is_up() {
 
 #[tokio::test]
 async fn gone_410_stops_retrying_and_counts_a_failure() {
-    let srv = Server::start(vec![reply(410)]).await;
-    let e = env(
-        &hook_yaml("hook-gone", &srv.url("/gone"), ""),
-        &["hook-gone"],
-        "  group_wait: 1s",
-        false,
-    );
-    let planned = enqueue(
-        &e.shared,
-        &[decision(
-            "Page",
-            DecisionStatus::Firing,
-            "checkout",
-            None,
-            &["hook-gone"],
-        )],
-    );
+    let (srv, e, page) = one_page("hook-gone", vec![reply(410)]).await;
+    let planned = [page];
     let (_w, h) = start(&e.shared, fast_tuning());
     wait_for("failure", Duration::from_secs(10), || {
         entry(&e.shared, &planned[0].id).state == OutboxState::Failed
@@ -519,28 +533,8 @@ async fn gone_410_stops_retrying_and_counts_a_failure() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let srv = Server::start(vec![Reply {
-        status: 429,
-        retry_after: Some("2".into()),
-        delay: Duration::ZERO,
-    }])
-    .await;
-    let e = env(
-        &hook_yaml("hook-429", &srv.url("/rl"), ""),
-        &["hook-429"],
-        "  group_wait: 1s",
-        false,
-    );
-    let planned = enqueue(
-        &e.shared,
-        &[decision(
-            "Page",
-            DecisionStatus::Firing,
-            "checkout",
-            None,
-            &["hook-429"],
-        )],
-    );
+    let (srv, e, page) = one_page("hook-429", vec![reply_retry_after(429, "2")]).await;
+    let planned = [page];
     let (_w, h) = start(&e.shared, fast_tuning());
     wait_for("delivery", Duration::from_secs(10), || {
         entry(&e.shared, &planned[0].id).state == OutboxState::Sent
@@ -553,6 +547,29 @@ async fn retry_after_is_honoured() {
     assert!(
         waited >= Duration::from_millis(1950),
         "waited only {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_is_capped_not_a_tight_loop() {
+    // u64::MAX seconds used to overflow into a negative delay: the entry was due again at once.
+    let (srv, e, page) = one_page("hook-huge-ra", vec![reply_retry_after(503, "18446744073709551615")]).await;
+    let planned = [page];
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("the first try to be recorded", Duration::from_secs(10), || {
+        entry(&e.shared, &planned[0].id).attempts == 1
+    })
+    .await;
+    // Several worker passes (max_idle is 200ms) must not try again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop(&e.shared, h).await;
+    assert_eq!(srv.requests().len(), 1, "no tight retry loop");
+    let pending = entry(&e.shared, &planned[0].id);
+    assert_eq!(pending.state, OutboxState::Pending);
+    let wait = pending.not_before - now_ms();
+    assert!(
+        (50 * 60_000..=60 * 60_000).contains(&wait),
+        "next try in {wait} ms: capped at one hour"
     );
 }
 
@@ -1050,10 +1067,13 @@ async fn repeat_interval_resends_with_the_same_dedup_key() {
     assert_ne!(a["id"], b["id"], "a repeat is a new notification");
     assert_eq!(a["dedup_key"], b["dedup_key"], "with the same dedup key");
     assert_eq!(b["dedup_key"], "INC-2/Page");
-    let gap = reqs[1].at - reqs[0].at;
+    // The repeat is timed from the previous entry's creation (not from its delivery, which a
+    // loaded machine delays): compare the stored times.
+    let created = |id: &serde_json::Value| entry(&e.shared, id.as_str().unwrap()).created_at;
+    let gap = created(&b["id"]) - created(&a["id"]);
     assert!(
-        gap >= Duration::from_millis(900),
-        "repeated after repeat_interval, not before ({gap:?})"
+        gap >= 1_000,
+        "repeated after repeat_interval, not before ({gap} ms)"
     );
     assert!(stopped_at <= 3);
     // Every repeat went through the store.
@@ -1195,7 +1215,7 @@ async fn retries_stop_at_the_deadline() {
         &hook_yaml(
             "hook-deadline",
             &srv.url("/d"),
-            "    max_retry_duration: 400ms\n",
+            "    max_retry_duration: 1500ms\n",
         ),
         &["hook-deadline"],
         "  group_wait: 1s",
@@ -1259,4 +1279,182 @@ async fn the_log_receiver_writes_the_message_and_counts_it_sent() {
         "not a dry run: nothing recorded"
     );
     assert_eq!(notifications_total("log-only", "sent"), 1.0);
+}
+
+#[tokio::test]
+async fn huge_labels_and_annotations_stay_within_each_receivers_limits() {
+    let pd = Server::start(vec![]).await;
+    let slack = Server::start(vec![]).await;
+    let teams = Server::start(vec![]).await;
+    let receivers = format!(
+        "  - name: big-pd\n    type: pagerduty\n    url: {}\n    routing_key: R0UTINGKEY\n  - name: big-slack\n    type: slack\n    url: {}\n  - name: big-teams\n    type: teams\n    url: {}\n",
+        pd.url("/v2/enqueue"),
+        slack.url("/services/T/B/X"),
+        teams.url("/workflows/run")
+    );
+    let names = ["big-pd", "big-slack", "big-teams"];
+    let e = env(&receivers, &names, "  group_wait: 1s", false);
+    let huge = "<checkout & \"friends\">€".repeat(2_000);
+    let mut d = decision("Page", DecisionStatus::Firing, "x", Some(("INC-9", 1_699_999_000_000)), &names);
+    d.subject = Subject::new([("service", huge.as_str()), ("region", huge.as_str())]);
+    d.labels.insert("team".into(), huge.clone());
+    d.annotations.insert("summary".into(), huge.clone());
+    d.annotations.insert("description".into(), huge.repeat(3));
+    let planned = enqueue(&e.shared, &[d]);
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("deliveries", Duration::from_secs(10), || {
+        planned.iter().all(|p| entry(&e.shared, &p.id).state == OutboxState::Sent)
+    })
+    .await;
+    stop(&e.shared, h).await;
+
+    let chars = |v: &serde_json::Value| v.as_str().unwrap().chars().count();
+    let body = slack.requests()[0].json();
+    assert!(chars(&body["text"]) <= 3000);
+    for b in body["blocks"].as_array().unwrap() {
+        let texts: Vec<&serde_json::Value> = match b["type"].as_str().unwrap() {
+            "context" => b["elements"].as_array().unwrap().iter().map(|e| &e["text"]).collect(),
+            _ => vec![&b["text"]["text"]],
+        };
+        for t in texts {
+            assert!(chars(t) <= 3000, "a Slack text object has {} characters", chars(t));
+        }
+    }
+    assert!(chars(&body["blocks"][0]["text"]["text"]) <= 150);
+    let context = body["blocks"].as_array().unwrap().last().unwrap()["elements"][0]["text"].as_str().unwrap();
+    assert!(context.starts_with("*critical* · firing · Page · "), "{}", &context[..80]);
+
+    let teams_bytes = teams.requests()[0].body.len();
+    assert!(teams_bytes <= 28_672, "Teams message is {teams_bytes} bytes");
+    let card = teams.requests()[0].json();
+    assert_eq!(card["attachments"][0]["content"]["type"], "AdaptiveCard");
+
+    let event = pd.requests()[0].json();
+    assert!(chars(&event["payload"]["summary"]) <= 1024);
+    assert!(chars(&event["payload"]["source"]) <= 255);
+    assert!(chars(&event["payload"]["group"]) <= 255);
+    assert!(pd.requests()[0].body.len() <= 512 * 1024);
+    assert_eq!(event["dedup_key"], "INC-9/Page");
+}
+
+#[tokio::test]
+async fn a_receiver_template_failing_at_send_time_sends_the_default_message() {
+    // `values.sli` renders in `check` (the sample has every signal) but a decision whose signal
+    // has no value cannot render it: the default title goes out instead of a permanent failure.
+    let slack = Server::start(vec![]).await;
+    let receivers = format!(
+        "  - name: tmpl-slack\n    type: slack\n    url: {}\n    title: \"{{{{ subject.service }}}} SLI {{{{ values.sli | percent }}}}\"\n",
+        slack.url("/services/T/B/X")
+    );
+    let e = env(&receivers, &["tmpl-slack"], "  group_wait: 1s", false);
+    let ok = decision("Page", DecisionStatus::Firing, "search", None, &["tmpl-slack"]);
+    let mut no_value = decision("Page", DecisionStatus::Firing, "checkout", None, &["tmpl-slack"]);
+    no_value.values.clear();
+    let planned = enqueue(&e.shared, &[ok, no_value]);
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("deliveries", Duration::from_secs(10), || {
+        planned.iter().all(|p| entry(&e.shared, &p.id).state == OutboxState::Sent)
+    })
+    .await;
+    stop(&e.shared, h).await;
+    let mut titles: Vec<String> = slack.requests().iter().map(|r| r.json()["text"].as_str().unwrap().to_string()).collect();
+    titles.sort();
+    assert_eq!(titles, vec!["checkout: Page says customers are affected".to_string(), "search SLI 50%".to_string()]);
+    assert_eq!(notifications_total("tmpl-slack", "failed"), 0.0);
+}
+
+#[tokio::test]
+async fn secrets_jwts_and_aws_keys_are_redacted_but_heralds_own_links_work() {
+    let slack = Server::start(vec![]).await;
+    let pd = Server::start(vec![]).await;
+    let receivers = format!(
+        "  - name: leak-slack\n    type: slack\n    url: {}\n  - name: leak-pd\n    type: pagerduty\n    url: {}\n    routing_key: R0UTINGKEY0123456789\n",
+        slack.url("/services/T0/B0/slacktoken42"),
+        pd.url("/v2/enqueue")
+    );
+    let names = ["leak-slack", "leak-pd"];
+    // Herald reached by IP: its links must survive the IP detector.
+    let e = env_with(&receivers, &names, "  group_wait: 1s", false, "  external_url: http://10.1.2.3:9797\n");
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvcHMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    let mut d = decision("Page", DecisionStatus::Firing, "checkout", Some(("INC-4", 1_699_999_000_000)), &names);
+    d.annotations.insert(
+        "description".into(),
+        format!(
+            "token {jwt}; aws wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY; pd R0UTINGKEY0123456789; hook {}; host 10.9.9.9",
+            slack.url("/services/T0/B0/slacktoken42")
+        ),
+    );
+    let planned = enqueue(&e.shared, &[d]);
+    let (_w, h) = start(&e.shared, fast_tuning());
+    wait_for("deliveries", Duration::from_secs(10), || {
+        planned.iter().all(|p| entry(&e.shared, &p.id).state == OutboxState::Sent)
+    })
+    .await;
+    stop(&e.shared, h).await;
+    let slack_body = String::from_utf8(slack.requests()[0].body.clone()).unwrap();
+    let pd_body = String::from_utf8(pd.requests()[0].body.clone()).unwrap();
+    for (name, body) in [("slack", &slack_body), ("pagerduty", &pd_body)] {
+        assert!(!body.contains(jwt), "{name}: {body}");
+        assert!(!body.contains("wJalrXUtnFEMI"), "{name}: {body}");
+        assert!(!body.contains("slacktoken42"), "{name}: {body}");
+        assert!(!body.contains("10.9.9.9"), "{name}: {body}");
+        assert!(body.contains("[redacted:jwt]"), "{name}: {body}");
+        assert!(body.contains("[redacted:api_key]"), "{name}: {body}");
+        assert!(body.contains("[redacted:secret]"), "{name}: {body}");
+    }
+    // The routing key goes where it belongs (the PagerDuty routing_key field) and nowhere else.
+    assert_eq!(pd_body.matches("R0UTINGKEY0123456789").count(), 1, "{pd_body}");
+    assert!(!slack_body.contains("R0UTINGKEY0123456789"), "{slack_body}");
+    // Herald's own incident link is intact, in the text and in the link.
+    assert!(slack_body.contains("<http://10.1.2.3:9797/api/v1/incidents/INC-4|Open incident INC-4>"), "{slack_body}");
+    assert!(slack_body.contains("Incident INC-4 (investigating): http://10.1.2.3:9797/api/v1/incidents/INC-4"), "{slack_body}");
+}
+
+#[tokio::test]
+async fn the_worker_prunes_finished_entries_older_than_the_retention() {
+    let srv = Server::start(vec![]).await;
+    let e = env_with(
+        &hook_yaml("hook-ret", &srv.url("/hook"), ""),
+        &["hook-ret"],
+        "  group_wait: 1s\n  repeat_interval: 1h",
+        false,
+        "  external_url: http://herald.test\n  retention: 2h\n",
+    );
+    let now = now_ms();
+    let old = now - 3 * 3_600_000;
+    let mk = |id: &str, at: Ts| OutboxEntry {
+        id: id.into(),
+        dedup_key: format!("k/{id}"),
+        receiver: "hook-ret".into(),
+        rule: "Page".into(),
+        subject: "{service=\"checkout\"}".into(),
+        status: "firing".into(),
+        payload: "{}".into(),
+        created_at: at,
+        not_before: at,
+        deadline: at + 86_400_000,
+        attempts: 0,
+        state: OutboxState::Sent,
+        last_error: None,
+        delivered_at: Some(at),
+    };
+    {
+        let mut core = e.shared.core.lock().unwrap();
+        let core = &mut *core;
+        let mut failed = mk("old-failed", old);
+        failed.state = OutboxState::Failed;
+        core.store
+            .commit(&core.state, &Commit { outbox: vec![mk("old-sent", old), failed, mk("recent-sent", now - 60_000)], ..Default::default() })
+            .unwrap();
+    }
+    let (w, h) = start(&e.shared, DeliveryTuning { prune_first_after: Duration::ZERO, ..fast_tuning() });
+    wait_for("the retention pass", Duration::from_secs(10), || {
+        !entries(&e.shared).iter().any(|x| x.id.starts_with("old-"))
+    })
+    .await;
+    // Whatever is new is kept, and a further pass finds nothing to do.
+    let left: Vec<String> = entries(&e.shared).into_iter().map(|x| x.id).collect();
+    assert_eq!(left, vec!["recent-sent".to_string()]);
+    assert_eq!(w.prune_pass().await.unwrap(), herald::store::Pruned::default());
+    stop(&e.shared, h).await;
 }

@@ -37,9 +37,14 @@ pub struct RunArgs {
     /// The configuration file.
     #[arg(long, short = 'c')]
     pub config: PathBuf,
-    /// Evaluate and record everything as live, but call no receiver.
+    /// Evaluate and record everything as live, but call no receiver. A dry run keeps its own
+    /// state in `state_dir/dry-run.db`, so it never marks the live state as already paged.
     #[arg(long)]
     pub dry_run: bool,
+    /// If the state database is empty or corrupt, move it aside (renamed, never deleted) and
+    /// start with an empty state instead of refusing to start. A healthy database is kept.
+    #[arg(long)]
+    pub fresh_state: bool,
 }
 
 /// `herald check`.

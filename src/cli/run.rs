@@ -39,7 +39,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_async(config, args.dry_run))
+    runtime.block_on(run_async(config, args.dry_run, args.fresh_state))
 }
 
 fn init_tracing() {
@@ -48,7 +48,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init();
 }
 
-async fn run_async(config: config::Config, dry_run: bool) -> anyhow::Result<ExitCode> {
+async fn run_async(config: config::Config, dry_run: bool, fresh_state: bool) -> anyhow::Result<ExitCode> {
     let listen = config.global.listen;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -66,6 +66,7 @@ async fn run_async(config: config::Config, dry_run: bool) -> anyhow::Result<Exit
     };
     // Install the recorder before anything records a metric.
     crate::telemetry::install();
+    crate::telemetry::register_config_series(&config);
 
     let reload = Arc::new(tokio::sync::Notify::new());
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;
@@ -90,10 +91,10 @@ async fn run_async(config: config::Config, dry_run: bool) -> anyhow::Result<Exit
         "herald {} listening on {}, state in {}, {}",
         env!("CARGO_PKG_VERSION"),
         listener.local_addr().unwrap_or(listen),
-        config.global.state_dir.display(),
+        config.global.state_dir.join(crate::state_dir::Database::for_run(dry_run).file_name()).display(),
         if dry_run { "dry run: no notification will be sent" } else { "live: notifications will be sent" }
     );
-    let options = RunOptions { dry_run, reload_requests: Some(reload) };
+    let options = RunOptions { dry_run, reload_requests: Some(reload), fresh_state };
     match daemon::run(config, listener, source, options, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");

@@ -37,9 +37,23 @@ pub struct Config {
     pub maintenance_windows: Vec<MaintenanceWindow>,
     /// The API bearer token for mutating endpoints; `None` disables them.
     pub api_token: Option<String>,
+    /// `api.read_requires_token`: reads of `/api/…` need the token too (default false).
+    pub api_read_requires_token: bool,
+    pub console: ConsoleConfig,
     /// Rule files after glob expansion.
     pub rule_files: Vec<PathBuf>,
     pub rules: RuleSet,
+    /// This replica's share of the subjects (`shard:`; default: all of them).
+    pub shard: crate::shard::Shard,
+}
+
+/// `console:`: when the console shows the next public update as due.
+#[derive(Clone, Debug)]
+pub struct ConsoleConfig {
+    /// The first public update is due this long after the incident opened (default 15m).
+    pub first_update_due: Duration,
+    /// Each next update is due this long after the last one (default 30m).
+    pub update_due: Duration,
 }
 
 /// `global:`.
@@ -54,7 +68,15 @@ pub struct Global {
     /// Base URL for incident links (default `http://<listen>`).
     pub external_url: String,
     pub timezone: chrono_tz::Tz,
+    /// How long finished outbox entries (sent, failed, suppressed, dry-run) and resolved
+    /// incidents with their events are kept before they are pruned (default 30d).
+    pub retention: Duration,
 }
+
+/// The default of `global.retention`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest `global.retention` accepted.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 /// `prometheus:`.
 #[derive(Clone, Debug)]
@@ -162,6 +184,9 @@ pub struct NotificationDefaults {
     pub scrub_patterns: Vec<String>,
     /// Strings or regexes never redacted.
     pub scrub_allow: Vec<String>,
+    /// `scrub.labels`: subject and label values are scrubbed wherever they leave Herald (logs,
+    /// `/metrics`, the API, the outbox); default true.
+    pub scrub_labels: bool,
 }
 
 /// A label matcher (Alertmanager syntax).
@@ -365,8 +390,8 @@ impl Validator<'_> {
         // global
         let g = &raw.global;
         let evaluation_interval = self.duration(&g.evaluation_interval, Duration::from_secs(30));
-        if evaluation_interval.is_zero() {
-            self.err(g.evaluation_interval.as_ref().unwrap(), "evaluation_interval must be greater than 0");
+        if let Some(raw_interval) = g.evaluation_interval.as_ref().filter(|_| evaluation_interval < super::rules::MIN_INTERVAL) {
+            self.err(raw_interval, format!("evaluation_interval {} is too short: the minimum is 1s", raw_interval.value));
         }
         let listen = match &g.listen {
             Some(l) => match self.interp(l).parse::<SocketAddr>() {
@@ -387,11 +412,18 @@ impl Validator<'_> {
             Some(tz) => self.timezone(tz),
             None => chrono_tz::UTC,
         };
+        let retention = self.duration(&g.retention, DEFAULT_RETENTION);
+        if let Some(r) = g.retention.as_ref().filter(|_| retention < MIN_RETENTION) {
+            self.err(r, "retention must be at least 1h (it bounds how long sent notifications and resolved incidents are kept)");
+        }
 
         let prometheus = raw.prometheus.as_ref().map(|p| self.prometheus(p));
         let ticket_sources = self.ticket_sources(&raw.ticket_sources);
         let receivers = self.receivers(&raw.receivers);
         let notification = self.notification(&raw.notification);
+        if let Some(r) = g.retention.as_ref().filter(|_| retention >= MIN_RETENTION && retention < notification.repeat_interval) {
+            self.err(r, format!("retention ({}) must be at least notification.repeat_interval ({}): repeats are timed from the last sent notification", r.value, super::PromDuration(notification.repeat_interval)));
+        }
         let maintenance_windows = self.maintenance(&raw.maintenance_windows);
         let api_token = raw.api.token_file.as_ref().and_then(|f| self.read_secret(f));
         if let (Some(f), Some(t)) = (&raw.api.token_file, &api_token) {
@@ -399,6 +431,15 @@ impl Validator<'_> {
                 self.err(f, "api token file is empty");
             }
         }
+        let api_read_requires_token = raw.api.read_requires_token.as_ref().is_some_and(|r| r.value);
+        if let Some(r) = raw.api.read_requires_token.as_ref().filter(|r| r.value && raw.api.token_file.is_none()) {
+            self.err(r, "read_requires_token needs api.token_file (the token readers must present)");
+        }
+
+        let console = ConsoleConfig {
+            first_update_due: self.duration(&raw.console.first_update_due, Duration::from_secs(15 * 60)),
+            update_due: self.duration(&raw.console.update_due, Duration::from_secs(30 * 60)),
+        };
 
         // rule files
         let mut rule_files = Vec::new();
@@ -432,6 +473,7 @@ impl Validator<'_> {
 
         // cross-checks
         if let Some(rules) = &rules {
+            self.receiver_templates(&raw.receivers, rules, &external_url);
             let names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
             for g in &rules.groups {
                 for r in &g.rules {
@@ -463,18 +505,57 @@ impl Validator<'_> {
                 }
             }
         }
+        let shard = self.shard(&raw.shard);
         Some(Config {
             path: path.to_path_buf(),
-            global: Global { evaluation_interval, listen, state_dir, external_url, timezone },
+            global: Global { evaluation_interval, listen, state_dir, external_url, timezone, retention },
             prometheus,
             ticket_sources,
             receivers,
             notification,
             maintenance_windows,
             api_token,
+            api_read_requires_token,
+            console,
             rule_files,
             rules: rules?,
+            shard,
         })
+    }
+
+    /// `shard: {index, total}`: `total` >= 1 and `index` < `total`.
+    fn shard(&mut self, raw: &Option<yaml::RawShard>) -> crate::shard::Shard {
+        let Some(raw) = raw else { return crate::shard::Shard::default() };
+        if raw.total.value == 0 {
+            self.err(&raw.total, "shard.total must be at least 1");
+            return crate::shard::Shard::default();
+        }
+        if raw.index.value >= raw.total.value {
+            self.err(&raw.index, format!("shard.index must be below shard.total ({}): shards are numbered 0 to {}", raw.total.value, raw.total.value - 1));
+            return crate::shard::Shard::default();
+        }
+        crate::shard::Shard { index: raw.index.value, total: raw.total.value }
+    }
+
+    /// Renders every receiver `title`/`text` template against sample notifications of the
+    /// rules that notify it (templates that do not compile were reported already).
+    fn receiver_templates(&mut self, raw: &[RawReceiver], rules: &RuleSet, external_url: &str) {
+        for r in raw {
+            if r.title.is_none() && r.text.is_none() {
+                continue;
+            }
+            let (title, text) = (r.title.as_ref().map(|t| t.value.as_str()), r.text.as_ref().map(|t| t.value.as_str()));
+            if crate::notify::Templates::with_overrides(title, text).is_err() {
+                continue;
+            }
+            let notifying = rules.groups.iter().flat_map(|g| g.rules.iter().map(move |rule| (g, rule))).filter(|(_, rule)| rule.notify.contains(&r.name.value));
+            for (which, message) in crate::notify::template::check_receiver_templates(title, text, notifying, external_url) {
+                let at = if which == "title" { r.title.as_ref() } else { r.text.as_ref() };
+                if let Some(at) = at.or(r.title.as_ref()).or(r.text.as_ref()) {
+                    self.err(at, format!("receiver {:?}: {which} template {message}", r.name.value));
+                }
+            }
+        }
     }
 
     fn timezone(&mut self, tz: &Spanned<String>) -> chrono_tz::Tz {
@@ -649,6 +730,12 @@ impl Validator<'_> {
                     match r.kind.value.as_str() {
                         "webhook" => {
                             let secret = self.secret(&r.secret, &r.secret_file, "secret");
+                            if let (Some(value), Some(at)) = (&secret, r.secret.as_ref().or(r.secret_file.as_ref())) {
+                                // Never echo the secret: the decoder's message names a position only.
+                                if let Err(e) = crate::notify::WebhookSecret::new(value) {
+                                    self.err(at, format!("unusable webhook secret: {e}"));
+                                }
+                            }
                             ReceiverKind::Webhook { url: u, secret }
                         }
                         "slack" => ReceiverKind::Slack { url: u },
@@ -723,6 +810,7 @@ impl Validator<'_> {
             max_retry_duration: self.duration(&n.max_retry_duration, Duration::from_secs(24 * 3600)),
             scrub_patterns: n.scrub.extra_patterns.iter().map(|s| s.value.clone()).collect(),
             scrub_allow: n.scrub.allow.iter().map(|s| s.value.clone()).collect(),
+            scrub_labels: n.scrub.labels.unwrap_or(true),
         }
     }
 
@@ -761,6 +849,24 @@ impl Validator<'_> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    fn load_with(extra: &str) -> Result<Config, Diagnostics> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), "groups: []\n").unwrap();
+        let path = dir.path().join("herald.yaml");
+        std::fs::write(&path, format!("prometheus: {{url: 'http://127.0.0.1:9'}}\nrule_files: [rules.yaml]\n{extra}")).unwrap();
+        load_config(&path, &|_| None).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn shard_defaults_to_everything_and_refuses_an_index_outside_total() {
+        assert_eq!(load_with("").unwrap().shard, crate::shard::Shard { index: 0, total: 1 });
+        assert_eq!(load_with("shard: {index: 1, total: 3}\n").unwrap().shard, crate::shard::Shard { index: 1, total: 3 });
+        let e = load_with("shard: {index: 3, total: 3}\n").unwrap_err().to_string();
+        assert!(e.contains("herald.yaml:3:") && e.contains("shard.index must be below shard.total (3): shards are numbered 0 to 2"), "{e}");
+        let e = load_with("shard:\n  index: 0\n  total: 0\n").unwrap_err().to_string();
+        assert!(e.contains("herald.yaml:5:10: shard.total must be at least 1"), "{e}");
+    }
 
     #[test]
     fn cron_is_five_field_posix() {

@@ -14,6 +14,10 @@ use super::yaml::{self, RawGroup, RawRule, RuleFile, Spanned};
 use super::{Diagnostic, Diagnostics, PromDuration};
 use crate::expr::{self, Expr, Scope};
 
+/// The shortest group or evaluation interval: each evaluation queries every signal and writes
+/// the state, so a millisecond interval would hammer Prometheus and the disk.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Default `resolve_after` for rules that open incidents.
 pub const DEFAULT_RESOLVE_AFTER: Duration = Duration::from_secs(30 * 60);
 
@@ -260,8 +264,10 @@ fn validate_group(
         diags.push(err_at(path, &raw.name, format!("duplicate group name {:?} (first defined at {first})", raw.name.value)));
     }
     let interval = raw.interval.as_ref().and_then(|i| duration_at(path, i, diags));
-    if interval == Some(Duration::ZERO) {
-        diags.push(err_at(path, raw.interval.as_ref().unwrap(), "interval must be greater than 0"));
+    if let (Some(i), Some(raw_interval)) = (interval, &raw.interval) {
+        if i < MIN_INTERVAL {
+            diags.push(err_at(path, raw_interval, format!("interval {} is too short: the minimum is 1s", raw_interval.value)));
+        }
     }
     let mut subject_labels = Vec::new();
     for l in &raw.subject {

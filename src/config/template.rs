@@ -1,16 +1,41 @@
-//! Annotation and message templates: one minijinja environment with strict undefined, so a
-//! typo such as `{{ subject.sevice }}` is an error at `check` time instead of an empty string
-//! in a page. Adds two filters for plain-English messages: `percent` (0.973 → `97.3%`) and
-//! `duration` (seconds → `1h5m`).
+//! Annotation and message templates: the ONE minijinja environment of Herald, used by rule
+//! annotations, ticket-source templates and receiver/default message templates
+//! (`notify::template`). Strict undefined, so a typo such as `{{ subject.sevice }}` is an error
+//! at `check` time instead of an empty string in a page; `trim_blocks` and `lstrip_blocks`, so
+//! a `{% if %}` on its own line leaves no blank line. Adds filters for plain-English messages:
+//! `percent` (0.973 → `97.3%`), `duration` (seconds → `1h5m`) and `urlencode`.
+//!
+//! Bounds, so a template can neither hang nor exhaust the daemon: a source is at most
+//! [`MAX_TEMPLATE_BYTES`], one render may spend at most [`FUEL`] (minijinja's budget of
+//! instructions and allocated data: loops such as `{% for i in range(100000) %}` run out), and
+//! macros recurse at most [`MAX_RECURSION`] levels. `check` renders once, so a template that
+//! exceeds a bound is refused at load time.
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 use crate::expr::{IncidentField, Scope};
 
+/// The longest template source accepted, in bytes.
+pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
+
+/// The work one render may do: about one unit per instruction and per 64 bytes of data.
+/// Real messages need a few hundred.
+pub const FUEL: u64 = 100_000;
+
+/// How deep macros may recurse while rendering.
+pub const MAX_RECURSION: usize = 32;
+
 /// The shared template environment.
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    match minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build() {
+        Ok(syntax) => env.set_syntax(syntax),
+        // The default delimiters cannot conflict; the unit tests exercise this path.
+        Err(e) => unreachable!("default template syntax: {e}"),
+    }
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(MAX_RECURSION);
     env.add_filter("percent", |v: f64| -> String {
         let p = v * 100.0;
         if (p - p.round()).abs() < 1e-9 {
@@ -45,6 +70,9 @@ fn trim_float(v: f64, digits: usize) -> String {
 /// Compiles `src` and renders it once against a sample context holding every name a rule's
 /// template may use; returns a readable message on failure.
 pub fn check(src: &str, scope: &Scope) -> Result<(), String> {
+    if src.len() > MAX_TEMPLATE_BYTES {
+        return Err(format!("template is {} bytes long; the limit is {MAX_TEMPLATE_BYTES}", src.len()));
+    }
     let env = environment();
     let tmpl = env.template_from_str(src).map_err(|e| describe(&e))?;
     tmpl.render(sample_context(scope)).map(|_| ()).map_err(|e| describe(&e))
@@ -56,6 +84,9 @@ pub fn render(env: &Environment<'_>, src: &str, ctx: &Value) -> Result<String, S
 }
 
 fn describe(e: &minijinja::Error) -> String {
+    if e.kind() == minijinja::ErrorKind::OutOfFuel {
+        return "template does too much work (a loop or a large value?): rendering ran out of its budget".into();
+    }
     let mut msg = e.to_string().replace(" (in <string>:1)", "");
     if let Some(d) = e.detail() {
         if !msg.contains(d) {
@@ -99,6 +130,30 @@ mod tests {
         assert!(e.contains("undefined"), "{e}");
         let e = check("{% if %}", &scope()).unwrap_err();
         assert!(e.contains("syntax error"), "{e}");
+    }
+
+    /// Templates that loop or recurse without bound, or are huge, are refused by `check` —
+    /// on a thread with a small stack, as on the daemon's reload thread.
+    #[test]
+    fn runaway_templates_are_refused() {
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(|| {
+                let e = check("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", &scope()).unwrap_err();
+                assert!(e.contains("too much work"), "{e}");
+                let e = check("{{ 'x' * 100000000 }}", &scope()).unwrap_err();
+                assert!(e.contains("too much work"), "{e}");
+                let e = check("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", &scope()).unwrap_err();
+                assert!(e.contains("recursion"), "{e}");
+                let e = check(&format!("{}1{}", "{{ ".to_string() + &"(".repeat(5000), ")".repeat(5000) + " }}"), &scope()).unwrap_err();
+                assert!(e.contains("recursion"), "{e}");
+                let e = check(&"x".repeat(MAX_TEMPLATE_BYTES + 1), &scope()).unwrap_err();
+                assert!(e.contains("limit is"), "{e}");
+                assert!(check("{% for l in ['a', 'b'] %}{{ l }}{% endfor %}", &scope()).is_ok(), "small loops are fine");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

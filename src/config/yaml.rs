@@ -217,7 +217,22 @@ pub struct ConfigFile {
     #[serde(default)]
     pub api: RawApi,
     #[serde(default)]
+    pub console: RawConsole,
+    #[serde(default)]
     pub rule_files: Vec<Spanned<String>>,
+    /// `shard: {index, total}`: evaluate only this replica's share of the subjects.
+    #[serde(default)]
+    pub shard: Option<RawShard>,
+}
+
+/// `console:` — the web console's update targets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    #[serde(default)]
+    pub first_update_due: Option<Spanned<String>>,
+    #[serde(default)]
+    pub update_due: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +248,9 @@ pub struct RawGlobal {
     pub external_url: Option<Spanned<String>>,
     #[serde(default)]
     pub timezone: Option<Spanned<String>>,
+    /// How long delivered/failed notifications and resolved incidents are kept (default 30d).
+    #[serde(default)]
+    pub retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,6 +382,9 @@ pub struct RawScrub {
     pub extra_patterns: Vec<Spanned<String>>,
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    /// Scrub subject and label values wherever they leave Herald (default true).
+    #[serde(default)]
+    pub labels: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,4 +405,14 @@ pub struct RawMaintenance {
 pub struct RawApi {
     #[serde(default)]
     pub token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub read_requires_token: Option<Spanned<bool>>,
+}
+
+/// `shard:` in `herald.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShard {
+    pub index: Spanned<u32>,
+    pub total: Spanned<u32>,
 }

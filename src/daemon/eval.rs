@@ -93,16 +93,20 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let result = source.instant(q, now).await;
         metrics::histogram!("herald_datasource_query_duration_seconds").record(t.elapsed().as_secs_f64());
         match result.and_then(|samples| key_by_subject(&samples, &group.subject_labels)) {
-            Ok(m) => {
+            Ok(mut m) => {
                 metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(m.len() as f64);
+                // Sharding: this replica evaluates only its share of the subjects.
+                if config.shard.total > 1 {
+                    m.retain(|subject, _| config.shard.owns(subject));
+                }
                 if *cached {
                     cache.entries.insert(*slot, (now, m.clone()));
                 }
                 input.slots[*slot] = SlotValues::Series(m)
             }
             Err(e) => {
-                metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(0.0);
                 all_ok = false;
+                metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(0.0);
                 tracing::warn!(group = %group.name, signal = %name, error = %e, "signal unavailable; rules that use it are unknown");
                 report.failed_signals.push((name.to_string(), e.to_string()));
                 input.slots[*slot] = SlotValues::Unavailable(e.to_string());
@@ -144,11 +148,13 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                 continue;
             };
             let result = client.counts(&known, &group.subject_labels, now).await;
+            // Label values leave Herald only as `notification.scrub.labels` allows.
+            let scrubber = shared.planner.read().expect("planner lock").clone();
             match result {
                 Ok(counts) => {
                     for (subject, n) in &counts.tickets {
                         if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
-                            let labels: Vec<(String, String)> = subject.labels().to_vec();
+                            let labels: Vec<(String, String)> = scrubber.scrubber().subject(subject).labels().to_vec();
                             metrics::gauge!("herald_ticket_ratio", &labels).set(n / b);
                         }
                     }
@@ -156,7 +162,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                     input.slots[baseline_slot] = SlotValues::Series(counts.baseline);
                 }
                 Err(e) => {
-                    tracing::warn!(group = %group.name, source = %name, error = %e, "ticket counts unavailable; ticket rules are unknown");
+                    let error = scrubber.scrubber().scrub_str(&e.to_string()).into_owned();
+                    tracing::warn!(group = %group.name, source = %name, error = %error, "ticket counts unavailable; ticket rules are unknown");
                     input.slots[slot] = SlotValues::Unavailable(e.to_string());
                     input.slots[baseline_slot] = SlotValues::Unavailable(e.to_string());
                 }
@@ -171,6 +178,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let group = &config2.rules.groups[gi];
         let mut core = shared2.core.lock().expect("core lock");
         let snapshot = core.state.clone();
+        let input = Arc::new(input);
         let out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
         {
             let mut watch = shared2.explain_watch.lock().expect("explain watch lock");
@@ -183,7 +191,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                 }
             }
         }
-        shared2.last_inputs.lock().expect("last inputs lock").insert(group.name.clone(), (now, Arc::new(input)));
+        shared2.last_inputs.lock().expect("last inputs lock").insert(group.name.clone(), (now, input.clone()));
         let planner = shared2.planner.read().expect("planner lock").clone();
         let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
         let incidents: Vec<_> = out.incidents.iter().map(|c| &c.incident).collect();
@@ -207,6 +215,12 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                     .map(|r| (r.name.as_str(), core.state.instances.get(&r.name).map_or(0, |m| m.values().filter(|i| i.phase == Phase::Firing).count())))
                     .collect();
                 record_metrics(group, &out, open, &firing);
+                let samples = super::samples::collect(group, &input, &core.state, now);
+                if !samples.is_empty() {
+                    if let Err(e) = core.store.record_samples(&samples) {
+                        tracing::warn!(group = %group.name, error = %e, "could not record incident samples for the console chart");
+                    }
+                }
                 (out, enqueued, true)
             }
             Err(e) => {
@@ -220,7 +234,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(
     match joined {
         Ok((out, enqueued, committed)) => {
             if committed {
-                log_step(group, &out);
+                let planner = shared.planner.read().expect("planner lock").clone();
+                log_step(group, &out, planner.scrubber());
                 record_unknown(group, &out, &mut cache.unknown_streak);
             }
             report.output = out;
@@ -238,24 +253,26 @@ pub async fn evaluate_group_once<S: MetricsSource>(
 }
 
 /// One log line per decision and incident change: the daemon's story, readable in a terminal.
-fn log_step(group: &crate::config::Group, out: &StepOutput) {
+/// Subjects and summaries are scrubbed like everything else that leaves Herald.
+fn log_step(group: &crate::config::Group, out: &StepOutput, scrubber: &crate::notify::Scrubber) {
     for d in &out.decisions {
-        let summary = d.annotations.get("summary").map(String::as_str).unwrap_or("");
+        let summary = scrubber.scrub_str(d.annotations.get("summary").map(String::as_str).unwrap_or(""));
+        let subject = scrubber.subject(&d.subject);
         let incident = d.incident.as_ref().map(|i| i.id.as_str()).unwrap_or("-");
         match d.status {
             crate::engine::DecisionStatus::Firing => {
-                tracing::info!(group = %group.name, rule = %d.rule, action = d.action.as_str(), subject = %d.subject, incident, "FIRING: {summary}")
+                tracing::info!(group = %group.name, rule = %d.rule, action = d.action.as_str(), subject = %subject, incident, "FIRING: {summary}")
             }
             crate::engine::DecisionStatus::Resolved => {
-                tracing::info!(group = %group.name, rule = %d.rule, subject = %d.subject, incident, "resolved")
+                tracing::info!(group = %group.name, rule = %d.rule, subject = %subject, incident, "resolved")
             }
         }
     }
     for c in &out.incidents {
         let i = &c.incident;
         match c.kind {
-            ChangeKind::Opened => tracing::info!(incident = %i.id, subject = %i.subject, severity = i.severity.as_str(), rule = i.activating_rule.as_deref().unwrap_or("-"), "incident opened"),
-            ChangeKind::Resolved => tracing::info!(incident = %i.id, subject = %i.subject, "incident resolved"),
+            ChangeKind::Opened => tracing::info!(incident = %i.id, subject = %scrubber.subject(&i.subject), severity = i.severity.as_str(), rule = i.activating_rule.as_deref().unwrap_or("-"), "incident opened"),
+            ChangeKind::Resolved => tracing::info!(incident = %i.id, subject = %scrubber.subject(&i.subject), "incident resolved"),
             ChangeKind::Updated => tracing::debug!(incident = %i.id, "incident updated"),
         }
     }

@@ -10,6 +10,7 @@
 
 mod eval;
 mod reload;
+mod samples;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,7 +27,8 @@ use crate::config::Config;
 use crate::engine::{Engine, GroupInput, State, Ts};
 use crate::notify::plan::Planner;
 use crate::source::MetricsSource;
-use crate::store::{Store, StoreError};
+use crate::state_dir::{self, Database, StateDirError};
+use crate::store::{SaveHealth, Store, StoreError};
 
 /// Options of a run that are not configuration.
 #[derive(Clone, Debug, Default)]
@@ -36,6 +38,9 @@ pub struct RunOptions {
     /// Each notification reloads the configuration, as `POST /-/reload` does (the CLI wires
     /// SIGHUP to it).
     pub reload_requests: Option<Arc<tokio::sync::Notify>>,
+    /// Move an empty or corrupt state database aside and start with an empty one, instead
+    /// of refusing to start (`--fresh-state`).
+    pub fresh_state: bool,
 }
 
 /// The engine state and its durable copy, locked together so they never drift apart.
@@ -61,9 +66,12 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Bumped after every successful reload; the evaluation loop restarts its group tasks.
     pub reloaded: tokio::sync::watch::Sender<u64>,
-    /// Each group's last evaluation time when the daemon started: a group resumes on its
-    /// schedule without evaluating the same tick twice.
-    pub resume: HashMap<String, Ts>,
+    /// Whether the last write to the state database failed (readiness reads it lock-free).
+    pub saves: SaveHealth,
+    /// Each group's last evaluated tick (from the store at start, then from every evaluation):
+    /// a group resumes on its schedule without evaluating the same tick twice, after a restart
+    /// and after a reload (so a reload storm never becomes a query storm).
+    pub resume: Mutex<HashMap<String, Ts>>,
     /// Each group's last evaluation: its time and input, for `GET /api/v1/rules/{rule}/explain`.
     pub last_inputs: Mutex<HashMap<String, (Ts, Arc<GroupInput>)>>,
     /// (rule, subject) pairs someone asked to explain: each later evaluation of the pair is
@@ -85,6 +93,10 @@ impl Shared {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
+    /// Whether the last write to the state database failed.
+    pub fn saves_failing(&self) -> bool {
+        self.saves.failing()
+    }
 }
 
 impl Shared {
@@ -105,6 +117,7 @@ impl Shared {
         }
         tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
         let planner = Planner::new(&config)?;
+        let saves = store.save_health();
         Ok(Shared {
             planner: RwLock::new(Arc::new(planner)),
             config: RwLock::new(Arc::new(config)),
@@ -115,7 +128,8 @@ impl Shared {
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             reloaded: tokio::sync::watch::Sender::new(0),
-            resume: last,
+            saves,
+            resume: Mutex::new(last),
             last_inputs: Mutex::new(HashMap::new()),
             explain_watch: Mutex::new(HashMap::new()),
         })
@@ -127,6 +141,8 @@ impl Shared {
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateDirError),
     #[error("invalid content filter: {0}")]
     Scrub(#[from] crate::notify::ScrubError),
     #[error("HTTP server: {0}")]
@@ -139,6 +155,10 @@ pub fn now_ms() -> Ts {
 }
 
 /// Opens the state, resumes where the last run stopped, and runs until `shutdown` resolves.
+///
+/// The state is `state_dir/state.db`, or `state_dir/dry-run.db` for a dry run, locked for
+/// this process and checked first (see [`crate::state_dir`]): an empty or corrupt database, or
+/// one another daemon holds, stops the start with an error naming the file.
 pub async fn run<S: MetricsSource + 'static>(
     config: Config,
     listener: TcpListener,
@@ -146,8 +166,16 @@ pub async fn run<S: MetricsSource + 'static>(
     options: RunOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let store = Store::open_dir(&config.global.state_dir)?;
-    let shared = Arc::new(Shared::new(config, store, options)?);
+    let dir = config.global.state_dir.clone();
+    let db = Database::for_run(options.dry_run);
+    let fresh = options.fresh_state;
+    let opened = tokio::task::spawn_blocking(move || state_dir::open(&dir, db, fresh))
+        .await
+        .map_err(|e| DaemonError::Http(std::io::Error::other(e)))??;
+    tracing::info!(path = %opened.path.display(), lock = %opened.lock.path().display(), "state database opened");
+    // Held until `run` returns; the OS releases it if the process dies.
+    let _lock = opened.lock;
+    let shared = Arc::new(Shared::new(config, opened.store, options)?);
     let token = shared.shutdown.clone();
 
     let tasks = tokio_util::task::TaskTracker::new();
@@ -224,9 +252,9 @@ async fn group_task<S: MetricsSource + 'static>(
     let interval = group.interval_or(config.global.evaluation_interval);
     let schedule = Schedule::new(&group.name, interval);
     // The first tick: the latest one at or before now (so a fresh start evaluates at once),
-    // unless the previous run already evaluated it.
+    // unless the previous run — or this one, before a reload — already evaluated it.
     let mut tick = schedule.floor(now_ms());
-    if shared.resume.get(&group.name).is_some_and(|last| *last >= tick) {
+    if shared.resume.lock().expect("resume lock").get(&group.name).is_some_and(|last| *last >= tick) {
         tick += schedule.every;
     }
     let mut cache = SignalCache::default();
@@ -245,6 +273,7 @@ async fn group_task<S: MetricsSource + 'static>(
         // The engine sees the tick's time, not the clock read: jitter never costs a `for`
         // an extra evaluation.
         evaluate_group_once(&shared, source.as_ref(), &tickets, &mut cache, &config, gi, tick).await;
+        shared.resume.lock().expect("resume lock").insert(group.name.clone(), tick);
         if !first_done {
             first_done = true;
             if first_pending.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -340,3 +369,4 @@ mod schedule_tests {
         }
     }
 }
+

@@ -21,6 +21,9 @@ pub enum ReloadError {
     /// The content filter does not compile.
     #[error("invalid content filter: {0}")]
     Scrub(#[from] ScrubError),
+    /// Loading the configuration failed unexpectedly (a bug; the message says where).
+    #[error("internal error while loading the configuration: {0}")]
+    Internal(String),
 }
 
 /// What a successful reload loaded.
@@ -40,9 +43,17 @@ pub struct ReloadSummary {
 /// from `spawn_blocking` in async code. Sets `herald_config_last_reload_successful`.
 pub fn reload(shared: &Shared) -> Result<ReloadSummary, ReloadError> {
     let old = shared.config();
-    let result = load_config(&old.path, &process_env)
-        .map_err(ReloadError::Invalid)
-        .and_then(|(cfg, warnings)| Ok((Planner::new(&cfg)?, cfg, warnings)));
+    // Whatever goes wrong while loading — even a bug that panics — the running configuration
+    // stays: nothing is swapped until the new one is complete.
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        load_config(&old.path, &process_env)
+            .map_err(ReloadError::Invalid)
+            .and_then(|(cfg, warnings)| Ok((Planner::new(&cfg)?, cfg, warnings)))
+    }));
+    let result = loaded.unwrap_or_else(|panic| {
+        let msg = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Err(ReloadError::Internal(msg.unwrap_or_else(|| "panic".into())))
+    });
     let (planner, cfg, warnings) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -67,6 +78,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadSummary, ReloadError> {
         warnings: warnings.0.iter().map(|d| d.to_string()).collect(),
         needs_restart,
     };
+    crate::telemetry::register_config_series(&cfg);
     {
         // Both under their write locks at once, so no reader sees a config with another planner.
         let mut c = shared.config.write().expect("config lock");

@@ -181,8 +181,7 @@ fn lifecycle(after: &[Option<bool>]) -> (State, Vec<(Ts, Status)>) {
     let engine = Engine::new();
     let mut st = State::default();
     let mut changes = Vec::new();
-    for (t, step) in std::iter::repeat_n(Some(false), 5).chain(after.iter().copied()).enumerate() {
-        let t = t as Ts;
+    for (t, step) in (0..).zip(std::iter::repeat_n(Some(false), 5).chain(after.iter().copied())) {
         let inp = match step {
             Some(false) => input(&set, Some(0.97), Some(0.08)),
             Some(true) => input(&set, Some(0.9995), Some(0.0)),

@@ -16,7 +16,7 @@
 
 mod parse;
 
-pub use parse::{parse, Ast, BinOp, ParseError};
+pub use parse::{parse, Ast, BinOp, ParseError, MAX_DEPTH, MAX_LEN, MAX_NESTING};
 
 use crate::config::PromDuration;
 

@@ -5,6 +5,23 @@
 //! Precedence, loosest first (as in minijinja): `x if c else y`, `or`, `and`, `not`,
 //! comparisons (`== != < <= > >= in`, `not in`), `+ -`, `* / // %`, `**`, unary `-`,
 //! postfix (`.attr`, `[index]`, `(call)`, `is [not] test`).
+//!
+//! Bounds: a condition is at most [`MAX_LEN`] bytes, nests at most [`MAX_NESTING`] levels of
+//! parentheses (and the like) and its tree is at most [`MAX_DEPTH`] deep. All are checked
+//! here, before anything recurses deeper than that, so hostile input (`((((…`, `not not not …`, `a+a+a+…`) is a located error
+//! and never overflows the stack of the daemon's reload thread.
+
+/// The longest condition accepted, in bytes.
+pub const MAX_LEN: usize = 4096;
+
+/// The deepest expression tree accepted, counting every operator, list and call: a long
+/// `a and b and c …` chain is as deep as it has clauses.
+pub const MAX_DEPTH: usize = 100;
+
+/// The most levels of parentheses, brackets, calls, `if … else` and prefix `not`/`-` that
+/// may nest inside each other (each level costs the parser a recursion through every
+/// precedence level).
+pub const MAX_NESTING: usize = 32;
 
 /// A parsed, unresolved expression node.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,15 +174,69 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
 
 /// Parses a whole expression.
 pub fn parse(src: &str) -> Result<Ast, ParseError> {
+    if src.len() > MAX_LEN {
+        return Err(ParseError { offset: 0, message: format!("condition is {} bytes long; the limit is {MAX_LEN}", src.len()) });
+    }
     let toks = lex(src)?;
-    let mut p = Parser { toks, pos: 0 };
+    let mut p = Parser { toks, pos: 0, depth: 0 };
     if matches!(p.peek(), Tok::End) {
         return Err(ParseError { offset: 0, message: "empty expression".into() });
     }
     let ast = p.expr()?;
     match p.peek() {
-        Tok::End => Ok(ast),
-        t => Err(p.err(format!("unexpected {} after the end of the expression", describe(t)))),
+        Tok::End => {}
+        t => return Err(p.err(format!("unexpected {} after the end of the expression", describe(t)))),
+    }
+    if let Some(offset) = too_deep(&ast) {
+        return Err(too_deep_error(offset));
+    }
+    Ok(ast)
+}
+
+fn too_deep_error(offset: usize) -> ParseError {
+    ParseError {
+        offset,
+        message: format!("condition nests more than {MAX_DEPTH} levels deep; split it (for example into several rules)"),
+    }
+}
+
+/// The offset of a node nested deeper than [`MAX_DEPTH`], if any. Iterative, so it is safe
+/// on any tree the parser can build from [`MAX_LEN`] bytes.
+fn too_deep(ast: &Ast) -> Option<usize> {
+    let mut stack: Vec<(&Ast, usize, usize)> = vec![(ast, 1, 0)];
+    while let Some((node, depth, offset)) = stack.pop() {
+        let offset = node.offset().unwrap_or(offset);
+        if depth > MAX_DEPTH {
+            return Some(offset);
+        }
+        let d = depth + 1;
+        match node {
+            Ast::Attr(a, ..) | Ast::Neg(a) | Ast::Not(a) | Ast::Test(a, ..) => stack.push((a, d, offset)),
+            Ast::Bin(_, a, b) => {
+                stack.push((a, d, offset));
+                stack.push((b, d, offset));
+            }
+            Ast::If(a, b, c) => {
+                stack.push((a, d, offset));
+                stack.push((b, d, offset));
+                if let Some(c) = c {
+                    stack.push((c, d, offset));
+                }
+            }
+            Ast::Call(_, items, _) | Ast::List(items) => stack.extend(items.iter().map(|i| (i, d, offset))),
+            Ast::Num(_) | Ast::Str(_) | Ast::Bool(_) | Ast::None | Ast::Name(..) => {}
+        }
+    }
+    None
+}
+
+impl Ast {
+    /// The byte offset this node records, if it records one.
+    fn offset(&self) -> Option<usize> {
+        match self {
+            Ast::Name(_, o) | Ast::Attr(_, _, o) | Ast::Call(_, _, o) | Ast::Test(_, _, _, o) => Some(*o),
+            _ => None,
+        }
     }
 }
 
@@ -182,6 +253,8 @@ fn describe(t: &Tok) -> String {
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// Current recursion depth of the descent (bounded by [`MAX_NESTING`]).
+    depth: usize,
 }
 
 impl Parser {
@@ -216,7 +289,25 @@ impl Parser {
         }
     }
 
+    /// Runs one recursive step of the descent, refusing to go deeper than [`MAX_NESTING`].
+    fn nested(&mut self, f: impl FnOnce(&mut Self) -> Result<Ast, ParseError>) -> Result<Ast, ParseError> {
+        if self.depth >= MAX_NESTING {
+            return Err(ParseError {
+                offset: self.offset(),
+                message: format!("condition nests more than {MAX_NESTING} levels of parentheses, brackets, calls or prefix operators"),
+            });
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
+    }
+
     fn expr(&mut self) -> Result<Ast, ParseError> {
+        self.nested(Self::if_expr)
+    }
+
+    fn if_expr(&mut self) -> Result<Ast, ParseError> {
         let value = self.or()?;
         if self.is_kw("if") {
             self.bump();
@@ -255,7 +346,7 @@ impl Parser {
     fn not(&mut self) -> Result<Ast, ParseError> {
         if self.is_kw("not") {
             self.bump();
-            return Ok(Ast::Not(Box::new(self.not()?)));
+            return Ok(Ast::Not(Box::new(self.nested(Self::not)?)));
         }
         self.compare()
     }
@@ -335,11 +426,11 @@ impl Parser {
     fn unary(&mut self) -> Result<Ast, ParseError> {
         if self.is_op("-") {
             self.bump();
-            return Ok(Ast::Neg(Box::new(self.unary()?)));
+            return Ok(Ast::Neg(Box::new(self.nested(Self::unary)?)));
         }
         if self.is_op("+") {
             self.bump();
-            return self.unary();
+            return self.nested(Self::unary);
         }
         self.postfix()
     }

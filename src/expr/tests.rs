@@ -130,3 +130,45 @@ fn agrees_with_minijinja_when_everything_is_defined() {
         assert_eq!(ours, Truth::from(mj), "{src}");
     }
 }
+
+/// Regression: 1,000 nested parentheses overflowed the stack of the reload thread and aborted
+/// the daemon; 5,000 aborted `herald check`. Every way of nesting deeply is a located error,
+/// checked on a thread with half the stack of tokio's blocking threads (2 MiB), in a debug
+/// build (whose frames are several times larger than a release build's).
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let parens = "levels of parentheses";
+    let deep = "levels deep";
+    let inputs: Vec<(String, &str)> = vec![
+        (format!("{}sli{}", "(".repeat(1000), ")".repeat(1000)), parens),
+        (format!("{}sli{}", "(".repeat(5000), ")".repeat(5000)), "bytes long"),
+        (format!("{}sli", "not ".repeat(1000)), parens),
+        (format!("{}sli", "-".repeat(1000)), parens),
+        (format!("{}sli{}", "[".repeat(1000), "]".repeat(1000)), parens),
+        (format!("{}sli{}", "duration(".repeat(300), ")".repeat(300)), parens),
+        (format!("{}1", "1 if sli else ".repeat(200)), parens),
+        (format!("sli{}", " + sli".repeat(600)), deep),
+        (format!("sli{}", " < sli".repeat(600)), deep),
+        (format!("sli > 0{}", " and sli > 0".repeat(300)), deep),
+        (format!("subject{}", ".service".repeat(300)), deep),
+        ("x".repeat(MAX_LEN + 1), "bytes long"),
+    ];
+    std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || {
+            for (src, want) in inputs {
+                let e = compile(&src, &scope()).err().unwrap_or_else(|| panic!("accepted {}…", &src[..40]));
+                assert!(e.message.contains(want), "{}…: {e:?}", &src[..40]);
+                assert!(e.offset <= src.len());
+            }
+            // Right at the limits: accepted, and evaluated without trouble.
+            let ctx = Ctx { signals: &[Some(0.5), Some(0.9), Some(1.0)], subject: &["checkout"], incident: &IncidentView::NONE, now: 0.0 };
+            let src = format!("{}sli{} < objective", "(".repeat(MAX_NESTING - 1), ")".repeat(MAX_NESTING - 1));
+            assert_eq!(compile(&src, &scope()).unwrap().truth(&ctx), Truth::True);
+            let src = format!("sli{} > 0", " + sli".repeat(MAX_DEPTH - 3));
+            assert_eq!(compile(&src, &scope()).unwrap().truth(&ctx), Truth::True);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}

@@ -24,12 +24,13 @@ use crate::store::{Commit, TimelineRow};
 /// Most incidents one listing returns (`?limit=` may lower it).
 const MAX_LIST: usize = 1000;
 
-/// An incident as the API shows it: times in RFC 3339.
-pub fn incident_json(i: &Incident) -> Value {
+/// An incident as the API shows it: times in RFC 3339, subject label values scrubbed (unless
+/// `notification.scrub.labels` is off).
+pub fn incident_json(i: &Incident, scrubber: &crate::notify::Scrubber) -> Value {
     let t = |v: Option<crate::engine::Ts>| v.map(rfc3339);
     json!({
         "id": i.id,
-        "subject": i.subject,
+        "subject": scrubber.subject(&i.subject).as_ref(),
         "severity": i.severity.as_str(),
         "status": i.status.as_str(),
         "open": i.is_open(),
@@ -81,6 +82,7 @@ pub(super) async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<Hash
         None => MAX_LIST,
         Some(l) => l.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| ApiError::bad_request(format!("limit must be a positive integer, not {l:?}")))?.min(MAX_LIST),
     };
+    let planner = shared.planner.read().expect("planner lock").clone();
     let incidents = blocking(move || {
         let core = shared.core.lock().expect("core lock");
         // Open incidents are at most one per subject, so filtering after a wide read is cheap.
@@ -88,11 +90,12 @@ pub(super) async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<Hash
         Ok(all.into_iter().filter(|i| open.is_none_or(|o| i.is_open() == o)).take(limit).collect::<Vec<_>>())
     })
     .await?;
-    let items: Vec<Value> = incidents.iter().map(incident_json).collect();
+    let items: Vec<Value> = incidents.iter().map(|i| incident_json(i, planner.scrubber())).collect();
     Ok(Json(json!({ "incidents": items })))
 }
 
 pub(super) async fn get_one(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let planner = shared.planner.read().expect("planner lock").clone();
     let (inc, events) = blocking(move || {
         let core = shared.core.lock().expect("core lock");
         let inc = core.store.incident(&id).map_err(ApiError::internal)?.ok_or_else(|| not_found(&id))?;
@@ -100,7 +103,7 @@ pub(super) async fn get_one(State(shared): State<Arc<Shared>>, Path(id): Path<St
         Ok((inc, events))
     })
     .await?;
-    let mut v = incident_json(&inc);
+    let mut v = incident_json(&inc, planner.scrubber());
     v["events"] = events.iter().map(event_json).collect::<Vec<_>>().into();
     Ok(Json(v))
 }
@@ -198,14 +201,16 @@ pub(super) async fn declare(State(shared): State<Arc<Shared>>, _auth: Authorized
     let fields = EventFields { kind: "declare", severity: Some(&b.severity), security: b.security, actor: b.actor.as_deref(), note: b.note.as_deref(), ..Default::default() };
     let (event, note) = Event::from_fields(&fields, true).map_err(|e| ApiError::bad_request(e.message))?;
     let subject = Subject::new(b.subject);
+    let planner = shared.planner.read().expect("planner lock").clone();
     let inc = blocking(move || apply_and_commit(&shared, Target::Subject(&subject), &event, &note)).await?;
-    Ok((StatusCode::CREATED, Json(incident_json(&inc))))
+    Ok((StatusCode::CREATED, Json(incident_json(&inc, planner.scrubber()))))
 }
 
 pub(super) async fn post_event(State(shared): State<Arc<Shared>>, _auth: Authorized, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let (event, note) = parse_event(&body)?;
+    let planner = shared.planner.read().expect("planner lock").clone();
     let inc = blocking(move || apply_and_commit(&shared, Target::Id(&id), &event, &note)).await?;
-    Ok(Json(incident_json(&inc)))
+    Ok(Json(incident_json(&inc, planner.scrubber())))
 }
 
 /// Parses an event body through the one event grammar, with a message that says what is

@@ -3,16 +3,19 @@
 //! One file per concern: [`ops`] (health, readiness, reload, metrics), [`rules`] (the rules
 //! view), [`incidents`] (listing, declaring, events), [`notifications`] (the outbox). This
 //! module holds the router, the JSON error type and bearer-token authentication for mutating
-//! calls.
+//! calls; [`access`] holds the token check, the read guard (`api.read_requires_token`) and
+//! the reload rate limit.
 //!
 //! Handlers never hold the `core` lock on an async worker: everything that touches the state
 //! or the store runs in `spawn_blocking` (SQLite fsyncs under that lock).
 
+mod access;
 mod explain;
 mod incidents;
 mod notifications;
 mod ops;
 mod rules;
+mod samples;
 
 use std::sync::Arc;
 
@@ -29,8 +32,21 @@ use tokio::net::TcpListener;
 use crate::daemon::Shared;
 use crate::engine::Ts;
 
-/// The router of the API, with its state.
+/// The router of the API and the console, with its state.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let api = api_router(shared.clone());
+    let (s1, s2) = (shared.clone(), shared);
+    let check_token: crate::console::CheckToken = Arc::new(move |given: &str| match s1.config().api_token.as_deref() {
+        None => crate::console::TokenCheck::Disabled,
+        Some(expected) if tokens_equal(given, expected) => crate::console::TokenCheck::Valid,
+        Some(_) => crate::console::TokenCheck::Invalid,
+    });
+    let targets: crate::console::Targets = Arc::new(move || s2.config().console.clone());
+    api.clone().merge(crate::console::router(crate::console::Console::new(api, check_token, targets)))
+}
+
+/// The API of spec §7 alone (the console calls it in process).
+fn api_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/-/healthy", get(ops::healthy))
         .route("/-/ready", get(ops::ready))
@@ -41,8 +57,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/incidents", get(incidents::list).post(incidents::declare))
         .route("/api/v1/incidents/{id}", get(incidents::get_one))
         .route("/api/v1/incidents/{id}/events", post(incidents::post_event))
+        .route("/api/v1/incidents/{id}/samples", get(samples::list))
         .route("/api/v1/notifications", get(notifications::list))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), access::require_read_token))
+        .layer(axum::Extension(Arc::new(access::ReloadGate::default())))
         .with_state(shared)
 }
 
@@ -134,17 +153,7 @@ impl FromRequestParts<Arc<Shared>> for Authorized {
                 "mutating API calls are disabled: set api.token_file in the configuration to enable them",
             ));
         };
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
-        match given {
-            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer <token>` header")),
-            Some(t) if tokens_equal(t, expected) => Ok(Authorized),
-            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API token")),
-        }
+        access::check_token(&parts.headers, expected).map(|()| Authorized)
     }
 }
 

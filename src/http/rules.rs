@@ -13,6 +13,7 @@ use crate::engine::Phase;
 
 pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
     let config = shared.config();
+    let planner = shared.planner.read().expect("planner lock").clone();
     let groups = blocking(move || {
         let core = shared.core.lock().expect("core lock");
         let groups: Vec<Value> = config
@@ -40,7 +41,7 @@ pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Result<Json<Value
                             .map(|(s, i)| {
                                 let since = if i.phase == Phase::Firing { i.fired_at.unwrap_or(i.active_at) } else { i.active_at };
                                 json!({
-                                    "subject": s,
+                                    "subject": planner.scrubber().subject(s).as_ref(),
                                     "state": i.phase.as_str(),
                                     "since": rfc3339(since),
                                     "active_at": rfc3339(i.active_at),

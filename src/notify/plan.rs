@@ -83,6 +83,9 @@ impl Planner {
         let scrubber = Scrubber::new(&ScrubConfig {
             extra_patterns: config.notification.scrub_patterns.clone(),
             allow: config.notification.scrub_allow.clone(),
+            secrets: configured_secrets(config),
+            exempt: vec![config.global.external_url.clone()],
+            keep_labels: !config.notification.scrub_labels,
         })?;
         Ok(Planner { scrubber })
     }
@@ -98,6 +101,7 @@ impl Planner {
         let now_dt = Utc.timestamp_millis_opt(now).single().unwrap_or_else(Utc::now);
         for d in decisions {
             let dedup_key = dedup_key(d);
+            let outbox_subject = self.scrubber.outbox_subject(&d.subject);
             let suppressed = config.maintenance_windows.iter().any(|w| w.active(now_dt, &|l| d.subject.get(l).map(str::to_string)));
             for name in &d.notify {
                 let Some(receiver) = config.receivers.iter().find(|r| &r.name == name) else {
@@ -115,7 +119,7 @@ impl Planner {
                 let mut not_before = now + wait;
                 if prompt && crate::notify::receiver::is_chat(&receiver.kind) {
                     // Join the group already waiting for this subject and receiver.
-                    let subject = d.subject.key();
+                    let subject = outbox_subject.as_str();
                     let waiting = out
                         .iter()
                         .filter(|e| e.receiver == *name && e.subject == subject && e.state == OutboxState::Pending)
@@ -141,7 +145,7 @@ impl Planner {
                     dedup_key: dedup_key.clone(),
                     receiver: name.clone(),
                     rule: d.rule.clone(),
-                    subject: d.subject.key().to_string(),
+                    subject: outbox_subject.clone(),
                     status: n.status.as_str().to_string(),
                     payload,
                     created_at: now,
@@ -156,6 +160,54 @@ impl Planner {
         }
         out
     }
+}
+
+/// Every secret value of a configuration, for the content filter: webhook secrets, routing
+/// keys, Slack and Teams URLs (their path is the credential), the Prometheus password and bearer
+/// token, ticket-source tokens, the API token, and header values whose name says they carry a
+/// credential (`Authorization`, `*token*`, `*key*`, `*secret*`, `*auth*`, `*password*`,
+/// `Cookie`).
+pub fn configured_secrets(config: &Config) -> Vec<String> {
+    use crate::config::daemon::{Auth, ReceiverKind, TicketKind};
+    fn credential_headers(h: &[(String, String)], out: &mut Vec<String>) {
+        for (k, v) in h {
+            let k = k.to_ascii_lowercase();
+            if ["auth", "token", "key", "secret", "password", "cookie"].iter().any(|w| k.contains(w)) {
+                // `Bearer xyz` / `Basic xyz`: the credential is the last word.
+                out.push(v.clone());
+                if let Some((_, cred)) = v.rsplit_once(' ') {
+                    out.push(cred.to_owned());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for r in &config.receivers {
+        match &r.kind {
+            ReceiverKind::Webhook { secret: Some(s), .. } => out.push(s.clone()),
+            ReceiverKind::Slack { url } | ReceiverKind::Teams { url } => out.push(url.clone()),
+            ReceiverKind::PagerDuty { routing_key, .. } => out.push(routing_key.clone()),
+            _ => {}
+        }
+        credential_headers(&r.headers, &mut out);
+    }
+    if let Some(p) = &config.prometheus {
+        match &p.auth {
+            Auth::Basic { password, .. } => out.push(password.clone()),
+            Auth::Bearer(t) => out.push(t.clone()),
+            Auth::None => {}
+        }
+        credential_headers(&p.headers, &mut out);
+    }
+    for t in &config.ticket_sources {
+        match &t.kind {
+            TicketKind::Zendesk { token, .. } => out.push(token.clone()),
+            TicketKind::HttpJson { headers, .. } => credential_headers(headers, &mut out),
+            TicketKind::Prometheus { .. } => {}
+        }
+    }
+    out.extend(config.api_token.clone());
+    out
 }
 
 impl Planner {
@@ -177,7 +229,7 @@ impl Planner {
                     let fired_at = inst.fired_at.unwrap_or(inst.active_at);
                     for name in &rule.notify {
                         let Some(receiver) = config.receivers.iter().find(|r| &r.name == name) else { continue };
-                        let Some(last) = store.last_for_instance(&rule.name, subject.key(), name)? else { continue };
+                        let Some(last) = store.last_for_instance(&rule.name, &self.scrubber.outbox_subject(subject), name)? else { continue };
                         if last.status != "firing" || last.state == OutboxState::Pending || last.created_at < fired_at {
                             continue;
                         }
@@ -309,7 +361,7 @@ pub fn notification(d: &Decision, id: String, dedup_key: String, external_url: &
             id: i.id.clone(),
             status: i.status.as_str().to_string(),
             opened_at: rfc3339(i.opened_at),
-            url: Some(format!("{external_url}/api/v1/incidents/{}", i.id)),
+            url: Some(format!("{external_url}/incidents/{}", i.id)),
         }),
         starts_at: rfc3339(d.starts_at),
         ends_at: (d.status == DecisionStatus::Resolved).then(|| rfc3339(d.at)),

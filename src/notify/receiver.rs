@@ -13,7 +13,8 @@
 //! * `log` — `{title, text}` for the log transport.
 //!
 //! Text receivers (slack, teams, log) may override the title/body templates per receiver
-//! (`title`/`text` in the config). Several notifications can be grouped into one chat
+//! (`title`/`text` in the config). An override that fails to render at send time is logged and
+//! replaced by the default for that part, so the message still goes out. Several notifications can be grouped into one chat
 //! message ([`group_text`]).
 //!
 //! Answers ([`classify`]): 2xx delivered; 400/401/403/404/410/413/422, other 4xx except
@@ -36,7 +37,7 @@ use crate::notify::{
 /// Why a request could not be built. Permanent: the entry is marked failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
-    /// A (receiver override) template failed.
+    /// A default template failed (a receiver's own template falls back to the default).
     #[error(transparent)]
     Template(#[from] TemplateError),
     /// The webhook secret is unusable.
@@ -122,11 +123,7 @@ fn render(
     n: &Notification,
     ctx: &BuildContext<'_>,
 ) -> Result<RenderedText, ReceiverError> {
-    let t = Templates::with_overrides(
-        receiver.title_template.as_deref(),
-        receiver.text_template.as_deref(),
-    )?;
-    let mut r = t.render(n)?;
+    let mut r = render_or_default(receiver, n)?;
     if n.dry_run {
         // The default templates mark rehearsals; make sure overrides do too.
         if !r.title.starts_with(DRY_RUN_PREFIX) {
@@ -137,9 +134,39 @@ fn render(
         }
     }
     if let Some(s) = ctx.scrubber {
-        s.scrub_rendered(&mut r);
+        s.scrub_rendered_for(&mut r, n);
     }
     Ok(r)
+}
+
+/// Renders the receiver's templates; a part whose template fails (it passed `check`, so the
+/// data is at fault: a signal without a value, say) falls back to the default template, and
+/// the error is logged. Only a failing default (a bug) is an error.
+fn render_or_default(receiver: &Receiver, n: &Notification) -> Result<RenderedText, ReceiverError> {
+    let defaults = Templates::new();
+    let (title, text) = (receiver.title_template.as_deref(), receiver.text_template.as_deref());
+    if title.is_none() && text.is_none() {
+        return Ok(defaults.render(n)?);
+    }
+    let log = |e: &TemplateError| {
+        tracing::error!(receiver = %receiver.name, id = %n.id, rule = %n.rule, error = %e, "receiver template failed; sending the default message instead");
+    };
+    let t = match Templates::with_overrides(title, text) {
+        Ok(t) => t,
+        Err(e) => {
+            log(&e);
+            return Ok(defaults.render(n)?);
+        }
+    };
+    let title = t.render_title(n).or_else(|e| {
+        log(&e);
+        defaults.render_title(n)
+    })?;
+    let text = t.render_text(n).or_else(|e| {
+        log(&e);
+        defaults.render_text(n)
+    })?;
+    Ok(RenderedText { title, text })
 }
 
 fn post(

@@ -4,10 +4,12 @@
 //!
 //! | kind | what | replacement |
 //! |---|---|---|
+//! | secret | every secret value of the configuration (receiver secrets, routing keys, Slack and Teams URLs, credentials, tokens, auth headers; ≥ 6 characters), wherever it appears | `[redacted:secret]` |
 //! | custom | the configured `extra_patterns` (whole match) | `[redacted:custom]` |
 //! | credentials | `user:password@` in a URL (the `user:password` part) | `[redacted:credentials]` |
 //! | bearer_token | the token after `Bearer ` (≥12 chars, not a plain lowercase word) | `[redacted:bearer_token]` |
-//! | api_key | `sk_live_…`/`rk_test_…`, `xoxb-…`, `ghp_…`/`gho_…`, `github_pat_…`, `glpat-…`, `AKIA…`/`ASIA…`, `AIza…`, Slack webhook paths | `[redacted:api_key]` |
+//! | jwt | a JSON Web Token: `eyJ…` header `.` `eyJ…` payload `.` signature (base64url) | `[redacted:jwt]` |
+//! | api_key | `sk_live_…`/`rk_test_…`, `xoxb-…`, `ghp_…`/`gho_…`, `github_pat_…`, `glpat-…`, `AKIA…`/`ASIA…`, `AIza…`, Slack webhook paths; a bare AWS secret access key (exactly 40 characters of `A-Za-z0-9/+` with an upper-case letter, a lower-case letter and a digit, not part of a longer base64 run) | `[redacted:api_key]` |
 //! | secret | the value after `password=`, `secret:`, `*_secret=`, …; after `key=`, `token=`, `sig=`, `api_key=`… only when it looks like a secret (≥16 chars of base64/hex alphabet with a letter and a digit) | `[redacted:secret]` |
 //! | email | `local@domain.tld` | `[redacted:email]` |
 //! | card | 13–19 digits, optional single spaces/dashes between digits, first digit 2–6 (the card networks' ranges), Luhn-valid | `[redacted:card]` |
@@ -24,6 +26,10 @@
 //! `+1 (555) 010-0000` works as written). A kept candidate also shields its text from
 //! lower-priority detectors.
 //!
+//! Exempt: Herald's own links. Every occurrence of an `exempt` prefix (the daemon passes
+//! `global.external_url`), with the URL path that follows it, is kept as it is, so
+//! `http://10.0.0.5:9797/incidents/INC-7` still works when Herald listens on an IP address.
+//!
 //! Idempotent: scrubbing already scrubbed text changes nothing.
 
 use std::borrow::Cow;
@@ -35,6 +41,7 @@ use regex::{Captures, Regex};
 
 use super::message::Notification;
 use super::template::RenderedText;
+use crate::engine::Subject;
 
 /// What a redaction replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +52,8 @@ pub enum Kind {
     Credentials,
     /// A bearer token.
     BearerToken,
+    /// A JSON Web Token.
+    Jwt,
     /// An API key of a well-known shape.
     ApiKey,
     /// A secret value after `password=`, `token=`, … .
@@ -66,6 +75,7 @@ impl Kind {
             Kind::Custom => "custom",
             Kind::Credentials => "credentials",
             Kind::BearerToken => "bearer_token",
+            Kind::Jwt => "jwt",
             Kind::ApiKey => "api_key",
             Kind::Secret => "secret",
             Kind::Email => "email",
@@ -80,7 +90,12 @@ impl Kind {
     pub fn is_secret(self) -> bool {
         matches!(
             self,
-            Kind::Custom | Kind::Credentials | Kind::BearerToken | Kind::ApiKey | Kind::Secret
+            Kind::Custom
+                | Kind::Credentials
+                | Kind::BearerToken
+                | Kind::Jwt
+                | Kind::ApiKey
+                | Kind::Secret
         )
     }
 }
@@ -92,7 +107,18 @@ pub struct ScrubConfig {
     pub extra_patterns: Vec<String>,
     /// Literal strings or regular expressions (matching the whole candidate) never to redact.
     pub allow: Vec<String>,
+    /// Secret values of the configuration, redacted wherever they appear (values shorter than
+    /// [`MIN_SECRET_CHARS`] are ignored: they would redact ordinary words).
+    pub secrets: Vec<String>,
+    /// Prefixes kept as they are, with the URL path that follows (Herald's `external_url`).
+    pub exempt: Vec<String>,
+    /// `notification.scrub.labels: false`: subject and label values are left as they are
+    /// everywhere (only annotations and rendered text are scrubbed).
+    pub keep_labels: bool,
 }
+
+/// Shorter configured secrets are not redacted literally.
+pub const MIN_SECRET_CHARS: usize = 6;
 
 /// The filter could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -181,6 +207,18 @@ fn validate_kv_secret(_: &str, c: &Captures<'_>) -> Option<Range<usize>> {
     looks_secret.then(|| v.range())
 }
 
+fn is_b64(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '/' || c == '+' || c == '='
+}
+
+fn validate_aws_secret(text: &str, c: &Captures<'_>) -> Option<Range<usize>> {
+    let m = c.get(0)?;
+    let v = m.as_str();
+    let standalone = !prev_char(text, m.start()).is_some_and(is_b64) && !text[m.end()..].chars().next().is_some_and(is_b64);
+    let mixed = v.bytes().any(|b| b.is_ascii_uppercase()) && v.bytes().any(|b| b.is_ascii_lowercase()) && v.bytes().any(|b| b.is_ascii_digit());
+    (standalone && mixed).then(|| m.range())
+}
+
 fn luhn_valid(digits: &[u32]) -> bool {
     let sum: u32 = digits
         .iter()
@@ -199,7 +237,7 @@ fn luhn_valid(digits: &[u32]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn validate_card(text: &str, c: &Captures<'_>) -> Option<Range<usize>> {
@@ -303,10 +341,16 @@ static BUILTINS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
             validate_bearer,
         ),
         builtin(
+            Kind::Jwt,
+            r"(?-u:\b)eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
+            whole,
+        ),
+        builtin(
             Kind::ApiKey,
             r"(?-u:\b)(?:(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}|xox[abposre]-[0-9A-Za-z-]{10,}|gh[pousr]_[0-9A-Za-z]{30,}|github_pat_[0-9A-Za-z_]{30,}|glpat-[0-9A-Za-z_-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35})(?-u:\b)",
             whole,
         ),
+        builtin(Kind::ApiKey, r"[A-Za-z0-9/+]{40}", validate_aws_secret),
         builtin(
             Kind::ApiKey,
             r"hooks\.slack\.com/services/(?P<v>[A-Za-z0-9]+/[A-Za-z0-9]+/[A-Za-z0-9]+)",
@@ -337,9 +381,13 @@ static BUILTINS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
 /// `Scrubber::default()` has the built-in detectors only.
 #[derive(Debug, Default)]
 pub struct Scrubber {
+    /// The configured secret values, longest first.
+    secrets: Vec<String>,
     extra: Vec<Regex>,
     allow_literals: Vec<String>,
     allow_regexes: Vec<Regex>,
+    exempt: Vec<String>,
+    keep_labels: bool,
 }
 
 impl std::fmt::Debug for Detector {
@@ -374,11 +422,101 @@ impl Scrubber {
             .iter()
             .filter_map(|a| Regex::new(&format!("^(?:{a})$")).ok())
             .collect();
+        let mut secrets: Vec<String> = config
+            .secrets
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s.chars().count() >= MIN_SECRET_CHARS)
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        let exempt = config.exempt.iter().filter(|e| !e.is_empty()).cloned().collect();
         Ok(Scrubber {
+            secrets,
             extra,
             allow_literals,
             allow_regexes,
+            exempt,
+            keep_labels: config.keep_labels,
         })
+    }
+
+    /// A label value as it may leave Herald: scrubbed, unless `notification.scrub.labels` is
+    /// off.
+    pub fn label_value<'a>(&self, v: &'a str) -> Cow<'a, str> {
+        if self.keep_labels {
+            Cow::Borrowed(v)
+        } else {
+            self.scrub_str(v)
+        }
+    }
+
+    /// The subject as it may leave Herald (logs, `/metrics`, the API): its label values
+    /// scrubbed, unless `notification.scrub.labels` is off. Borrowed when nothing changes.
+    pub fn subject<'s>(&self, s: &'s Subject) -> Cow<'s, Subject> {
+        let mut changed = false;
+        let labels: Vec<(String, String)> = s
+            .labels()
+            .iter()
+            .map(|(k, v)| {
+                let v = self.label_value(v);
+                changed |= matches!(v, Cow::Owned(_));
+                (k.clone(), v.into_owned())
+            })
+            .collect();
+        if changed {
+            Cow::Owned(Subject::new(labels))
+        } else {
+            Cow::Borrowed(s)
+        }
+    }
+
+    /// The subject key stored in the outbox (and shown by the notifications API): the
+    /// scrubbed key, and when scrubbing changed it, `#` and a hash of the real key, so two
+    /// subjects that differ only in a redacted value are still told apart (grouping,
+    /// `min_interval`, repeats) without storing the value.
+    pub fn outbox_subject(&self, s: &Subject) -> String {
+        match self.subject(s) {
+            Cow::Borrowed(s) => s.key().to_owned(),
+            Cow::Owned(scrubbed) => {
+                use sha2::{Digest, Sha256};
+                let h = Sha256::digest(s.key().as_bytes());
+                let hex: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+                format!("{}#{hex}", scrubbed.key())
+            }
+        }
+    }
+
+    /// Exempt spans (Herald's own links), then every occurrence of a configured secret, then
+    /// the `keep` literals (label values when `notification.scrub.labels` is off).
+    fn collect_fixed(&self, text: &str, spans: &mut Vec<Span>, keep: &[&str]) {
+        for prefix in &self.exempt {
+            for (at, _) in text.match_indices(prefix.as_str()) {
+                let path = text[at + prefix.len()..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || "/._~-".contains(c)))
+                    .unwrap_or(text.len() - at - prefix.len());
+                let range = at..at + prefix.len() + path;
+                if !spans.iter().any(|s| s.range.start < range.end && range.start < s.range.end) {
+                    spans.push(Span { range, kind: None });
+                }
+            }
+        }
+        for secret in &self.secrets {
+            for (at, _) in text.match_indices(secret.as_str()) {
+                let range = at..at + secret.len();
+                if !spans.iter().any(|s| s.range.start < range.end && range.start < s.range.end) {
+                    spans.push(Span { range, kind: Some(Kind::Secret) });
+                }
+            }
+        }
+        for literal in keep.iter().filter(|k| !k.is_empty()) {
+            for (at, _) in text.match_indices(literal) {
+                let range = at..at + literal.len();
+                if !spans.iter().any(|s| s.range.start < range.end && range.start < s.range.end) {
+                    spans.push(Span { range, kind: None });
+                }
+            }
+        }
     }
 
     fn allowed(&self, candidate: &str) -> bool {
@@ -432,8 +570,9 @@ impl Scrubber {
         }
     }
 
-    fn scrub_inner<'a>(&self, text: &'a str, secrets_only: bool) -> Cow<'a, str> {
+    fn scrub_inner<'a>(&self, text: &'a str, secrets_only: bool, keep: &[&str]) -> Cow<'a, str> {
         let mut spans = Vec::new();
+        self.collect_fixed(text, &mut spans, keep);
         for re in &self.extra {
             self.collect(text, secrets_only, &mut spans, Kind::Custom, re, whole);
         }
@@ -461,32 +600,49 @@ impl Scrubber {
 
     /// Redacts every detected secret and piece of personal data in `text`.
     pub fn scrub_str<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        self.scrub_inner(text, false)
+        self.scrub_inner(text, false, &[])
     }
 
     /// Redacts only secrets (credentials, tokens, keys, custom patterns) — for URLs, which must
     /// keep working.
     pub fn scrub_secrets<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        self.scrub_inner(text, true)
+        self.scrub_inner(text, true, &[])
     }
 
     fn scrub_in_place(&self, s: &mut String) {
-        if let Cow::Owned(new) = self.scrub_str(s) {
+        self.scrub_in_place_keeping(s, &[]);
+    }
+
+    fn scrub_in_place_keeping(&self, s: &mut String, keep: &[&str]) {
+        if let Cow::Owned(new) = self.scrub_inner(s, false, keep) {
             *s = new;
         }
     }
 
-    /// Scrubs the values of `subject`, `labels` and `annotations`, and secrets (only) in the
+    /// The label values a notification's text may show as they are: its subject and label
+    /// values when `notification.scrub.labels` is off, none otherwise.
+    fn kept_values(&self, n: &Notification) -> Vec<String> {
+        if self.keep_labels {
+            n.subject.values().chain(n.labels.values()).cloned().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Scrubs the values of `subject` and `labels` (unless `notification.scrub.labels` is off)
+    /// and `annotations`, and secrets (only) in the
     /// incident URL. Identifiers (`id`, `dedup_key`, rule, action, incident id) are left alone:
     /// they must stay stable and are built by Herald, not copied from signals.
     pub fn scrub_notification(&self, n: &mut Notification) {
-        for v in n
-            .subject
-            .values_mut()
-            .chain(n.labels.values_mut())
-            .chain(n.annotations.values_mut())
-        {
-            self.scrub_in_place(v);
+        if !self.keep_labels {
+            for v in n.subject.values_mut().chain(n.labels.values_mut()) {
+                self.scrub_in_place(v);
+            }
+        }
+        let kept = self.kept_values(n);
+        let keep: Vec<&str> = kept.iter().map(String::as_str).collect();
+        for v in n.annotations.values_mut() {
+            self.scrub_in_place_keeping(v, &keep);
         }
         if let Some(url) = n.incident.as_mut().and_then(|i| i.url.as_mut()) {
             if let Cow::Owned(new) = self.scrub_secrets(url) {
@@ -499,6 +655,15 @@ impl Scrubber {
     pub fn scrub_rendered(&self, r: &mut RenderedText) {
         self.scrub_in_place(&mut r.title);
         self.scrub_in_place(&mut r.text);
+    }
+
+    /// Scrubs the rendered text of notification `n`: like [`Scrubber::scrub_rendered`], but
+    /// with `notification.scrub.labels` off, `n`'s own label values stay as they are.
+    pub fn scrub_rendered_for(&self, r: &mut RenderedText, n: &Notification) {
+        let kept = self.kept_values(n);
+        let keep: Vec<&str> = kept.iter().map(String::as_str).collect();
+        self.scrub_in_place_keeping(&mut r.title, &keep);
+        self.scrub_in_place_keeping(&mut r.text, &keep);
     }
 }
 
@@ -665,6 +830,58 @@ mod tests {
     }
 
     #[test]
+    fn jwts() {
+        let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+        assert_eq!(s(&format!("session {jwt} expired")), "session [redacted:jwt] expired");
+        assert_eq!(s(&format!("?id_token={jwt}&x=1")), "?id_token=[redacted:jwt]&x=1");
+        // Unsigned (alg none) tokens end with a dot.
+        assert_eq!(s("t eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0. end"), "t [redacted:jwt] end");
+        unchanged("eyJ is how base64 JSON starts; eyJhbGci.notjwt");
+    }
+
+    #[test]
+    fn bare_aws_secret_access_keys() {
+        assert_eq!(
+            s("aws wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY here"),
+            "aws [redacted:api_key] here"
+        );
+        assert_eq!(s("\"Zx8mQ2vR7tLpK4nW9cB3yH6jD1fS5gA0eU2iO7rT\""), "\"[redacted:api_key]\"");
+        // Git SHAs and trace ids are lower-case hex; longer base64 runs are something else.
+        unchanged("commit 4bf92f3577b34da6a3ce929d0e0e4736deadbeef");
+        unchanged("blob Zx8mQ2vR7tLpK4nW9cB3yH6jD1fS5gA0eU2iO7rTQ");
+        unchanged("all lower case abcdefghijklmnopqrstuvwxyzabcdefghijklmn");
+    }
+
+    #[test]
+    fn configured_secrets_are_redacted_wherever_they_appear() {
+        let sc = Scrubber::new(&ScrubConfig {
+            secrets: vec![
+                "https://hooks.example.com/T00/B00/s3cret".into(),
+                "R0UTINGKEY123".into(),
+                "short".into(), // below the minimum: ordinary words stay
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            sc.scrub_str("posted to https://hooks.example.com/T00/B00/s3cret with key R0UTINGKEY123."),
+            "posted to [redacted:secret] with key [redacted:secret]."
+        );
+        assert_eq!(sc.scrub_str("a short note"), "a short note");
+        assert_eq!(sc.scrub_secrets("x=R0UTINGKEY123"), "x=[redacted:secret]");
+    }
+
+    #[test]
+    fn herald_links_are_exempt() {
+        let sc = Scrubber::new(&ScrubConfig { exempt: vec!["http://10.0.0.5:9797".into()], ..Default::default() }).unwrap();
+        assert_eq!(
+            sc.scrub_str("Incident INC-7: http://10.0.0.5:9797/incidents/INC-7 (from 10.0.0.5)"),
+            "Incident INC-7: http://10.0.0.5:9797/incidents/INC-7 (from [redacted:ip])"
+        );
+        assert_eq!(s("http://10.0.0.5:9797/incidents/INC-7"), "http://[redacted:ip]:9797/incidents/INC-7");
+    }
+
+    #[test]
     fn credentials_in_urls() {
         assert_eq!(
             s("db postgres://app:s3cr3t@db.internal:5432/app"),
@@ -707,6 +924,7 @@ mod tests {
                 r"10\.0\.0\.\d+".into(),
                 "+1 (555) 010-0000".into(), // invalid as a regex: literal only
             ],
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(
@@ -730,6 +948,7 @@ mod tests {
         let sc = Scrubber::new(&ScrubConfig {
             extra_patterns: vec![r"CUST-\d{6}".into()],
             allow: vec!["CUST-000000".into()],
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(
@@ -744,7 +963,7 @@ mod tests {
     fn invalid_or_empty_extra_pattern_is_an_error() {
         let err = Scrubber::new(&ScrubConfig {
             extra_patterns: vec!["(unclosed".into()],
-            allow: vec![],
+            ..Default::default()
         })
         .unwrap_err();
         assert!(
@@ -757,7 +976,7 @@ mod tests {
         );
         let err = Scrubber::new(&ScrubConfig {
             extra_patterns: vec!["x*".into()],
-            allow: vec![],
+            ..Default::default()
         })
         .unwrap_err();
         assert_eq!(
@@ -795,6 +1014,33 @@ mod tests {
             Some("https://herald.example.com/incidents/INC-42?user=ops@example.com&token=[redacted:secret]")
         );
         assert_eq!(n.dedup_key, before.dedup_key);
+    }
+
+    #[test]
+    fn subjects_are_scrubbed_unless_labels_are_kept() {
+        let s = Subject::new([("service", "checkout"), ("customer", "alice@example.com")]);
+        let on = Scrubber::default();
+        assert_eq!(on.subject(&s).key(), r#"{customer="[redacted:email]",service="checkout"}"#);
+        let key = on.outbox_subject(&s);
+        assert!(key.starts_with(r#"{customer="[redacted:email]",service="checkout"}#"#), "{key}");
+        let other = Subject::new([("service", "checkout"), ("customer", "bob@example.com")]);
+        assert_ne!(on.outbox_subject(&other), key, "different subjects stay apart");
+        let clean = Subject::new([("service", "checkout")]);
+        assert_eq!(on.outbox_subject(&clean), clean.key());
+        assert!(matches!(on.subject(&clean), Cow::Borrowed(_)));
+        let off = Scrubber::new(&ScrubConfig { keep_labels: true, ..Default::default() }).unwrap();
+        assert_eq!(off.outbox_subject(&s), s.key());
+        let mut n = sample_firing();
+        n.subject.insert("customer".into(), "alice@example.com".into());
+        n.annotations.insert("description".into(), "mail alice@example.com".into());
+        n.annotations.insert("summary".into(), "alice@example.com cannot pay; bob@example.com neither".into());
+        off.scrub_notification(&mut n);
+        assert_eq!(n.subject["customer"], "alice@example.com");
+        assert_eq!(n.annotations["description"], "mail alice@example.com", "the subject's own value is kept");
+        assert_eq!(n.annotations["summary"], "alice@example.com cannot pay; [redacted:email] neither");
+        let mut r = RenderedText { title: "alice@example.com".into(), text: "bob@example.com".into() };
+        off.scrub_rendered_for(&mut r, &n);
+        assert_eq!((r.title.as_str(), r.text.as_str()), ("alice@example.com", "[redacted:email]"));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //!
 //! The signed content is `"{webhook-id}.{webhook-timestamp}.{raw body}"`, the MAC is HMAC-SHA256,
 //! and the header value is `v1,<base64 MAC>`. A secret written as `whsec_<base64>` is
-//! base64-decoded (as the spec says); any other secret is used as its raw bytes.
+//! base64-decoded (as the spec says), with or without `=` padding as the reference libraries
+//! accept it; any other secret is used as its raw bytes.
 
-use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as B64};
+use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -21,6 +23,12 @@ pub const HEADER_SIGNATURE: &str = "webhook-signature";
 pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 
 const WHSEC_PREFIX: &str = "whsec_";
+
+/// Standard base64 that decodes with or without the trailing `=` padding.
+const B64_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Errors about a webhook secret.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,7 +77,7 @@ impl WebhookSecret {
     /// Parses a configured secret: `whsec_<base64>` is base64-decoded, anything else is raw bytes.
     pub fn new(secret: &str) -> Result<Self, SecretError> {
         let key = match secret.strip_prefix(WHSEC_PREFIX) {
-            Some(b64) => B64
+            Some(b64) => B64_ANY_PADDING
                 .decode(b64.trim())
                 .map_err(|e| SecretError::InvalidBase64(e.to_string()))?,
             None => secret.as_bytes().to_vec(),
@@ -241,6 +249,20 @@ mod tests {
         mac.update(b"msg_p5jXN8AQM9LWM0D4loKWxJek.1614265330.{\"test\": 2432232314}");
         let want = format!("v1,{}", B64.encode(mac.finalize().into_bytes()));
         assert_eq!(sign(&raw, MSG_ID, TS, BODY), want);
+    }
+
+    #[test]
+    fn whsec_decodes_with_or_without_padding() {
+        // 32 random bytes: their base64 ends with one `=`.
+        let key: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+        let padded = format!("whsec_{}", B64.encode(&key));
+        assert!(padded.ends_with('='), "{padded}");
+        let unpadded = padded.trim_end_matches('=').to_string();
+        assert_eq!(WebhookSecret::new(&padded).unwrap(), WebhookSecret::from_raw_bytes(key.clone()));
+        assert_eq!(WebhookSecret::new(&unpadded).unwrap(), WebhookSecret::from_raw_bytes(key));
+        // Two bytes of padding too.
+        assert_eq!(WebhookSecret::new("whsec_YQ").unwrap(), WebhookSecret::from_raw_bytes(&b"a"[..]));
+        assert_eq!(WebhookSecret::new("whsec_YQ==").unwrap(), WebhookSecret::from_raw_bytes(&b"a"[..]));
     }
 
     #[test]

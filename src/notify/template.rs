@@ -16,7 +16,7 @@
 //!   none while firing).
 
 use chrono::{DateTime, Utc};
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::Environment;
 
 use super::message::{generic_webhook_body, Notification, Status};
 
@@ -124,14 +124,9 @@ impl Templates {
 
     /// The defaults, with the title and/or body replaced by the given template sources.
     pub fn with_overrides(title: Option<&str>, text: Option<&str>) -> Result<Self, TemplateError> {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(|e| compile_error("syntax", e))?;
-        env.set_syntax(syntax);
+        // The one template environment: the same filters (`percent`, `duration`, `urlencode`)
+        // and strictness as rule annotations.
+        let mut env = crate::config::template::environment();
         let defaults = [
             (T_TITLE_FIRING, DEFAULT_TITLE_FIRING, "title"),
             (T_TITLE_RESOLVED, DEFAULT_TITLE_RESOLVED, "title"),
@@ -214,6 +209,110 @@ impl Templates {
             message: e.to_string(),
         })
     }
+}
+
+/// Renders a receiver's `title`/`text` override templates against sample notifications, as
+/// `herald check` does: for every rule (with its group) that notifies the receiver (or one
+/// generic sample when none does), firing and resolved, with and without an incident. The
+/// samples carry the group's subject labels and signals, the rule's labels and the names of
+/// its annotations, so a template that renders here fails at send time only on data (a
+/// signal without a value, say). Returns each distinct failure as (`title` | `text`, message).
+pub fn check_receiver_templates<'a>(
+    title: Option<&str>,
+    text: Option<&str>,
+    rules: impl IntoIterator<Item = (&'a crate::config::Group, &'a crate::config::Rule)>,
+    external_url: &str,
+) -> Vec<(&'static str, String)> {
+    let t = match Templates::with_overrides(title, text) {
+        Ok(t) => t,
+        Err(TemplateError::Compile { which, message } | TemplateError::Render { which, message }) => {
+            return vec![(which, message)];
+        }
+    };
+    let mut samples: Vec<(String, Notification)> = Vec::new();
+    let mut any = false;
+    for (g, r) in rules {
+        any = true;
+        for n in sample_notifications(g, r, external_url) {
+            samples.push((format!("rule {:?}", r.name), n));
+        }
+    }
+    if !any {
+        let base = sample_base("Example", "notify", "warning", &["service".to_owned()], external_url);
+        samples.extend(variants(base).into_iter().map(|n| ("a sample rule".to_owned(), n)));
+    }
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    for (what, n) in samples {
+        let when = format!(
+            "{what} ({}, {} incident)",
+            n.status.as_str(),
+            if n.incident.is_some() { "with an" } else { "without an" }
+        );
+        let results = [
+            title.map(|_| t.render_title(&n).map(|_| ())),
+            text.map(|_| t.render_text(&n).map(|_| ())),
+        ];
+        for r in results.into_iter().flatten() {
+            if let Err(TemplateError::Render { which, message } | TemplateError::Compile { which, message }) = r {
+                if !out.iter().any(|(w, m)| *w == which && m.ends_with(&message)) {
+                    out.push((which, format!("fails to render for {when}: {message}")));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn sample_base(rule: &str, action: &str, severity: &str, subject_labels: &[String], external_url: &str) -> Notification {
+    let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+    Notification {
+        id: "hrld_sample".to_owned(),
+        dedup_key: format!("INC-1/{rule}"),
+        status: Status::Firing,
+        rule: rule.to_owned(),
+        action: action.to_owned(),
+        severity: severity.to_owned(),
+        subject: subject_labels.iter().map(|l| (l.clone(), "example".to_owned())).collect(),
+        labels: Default::default(),
+        annotations: Default::default(),
+        values: Default::default(),
+        incident: Some(super::message::IncidentRef {
+            id: "INC-1".to_owned(),
+            status: "investigating".to_owned(),
+            opened_at: at,
+            url: Some(format!("{external_url}/incidents/INC-1")),
+        }),
+        starts_at: at,
+        ends_at: None,
+        dry_run: false,
+    }
+}
+
+/// Firing and resolved, with and without an incident.
+fn variants(base: Notification) -> Vec<Notification> {
+    let mut out = Vec::with_capacity(4);
+    for resolved in [false, true] {
+        for incident in [true, false] {
+            let mut n = base.clone();
+            if resolved {
+                n.status = Status::Resolved;
+                n.ends_at = Some(n.starts_at + chrono::Duration::hours(1));
+            }
+            if !incident {
+                n.incident = None;
+            }
+            out.push(n);
+        }
+    }
+    out
+}
+
+fn sample_notifications(g: &crate::config::Group, r: &crate::config::Rule, external_url: &str) -> Vec<Notification> {
+    let mut base = sample_base(&r.name, r.action.as_str(), r.severity.as_str(), &g.subject_labels, external_url);
+    base.labels = r.labels.clone();
+    base.annotations = r.annotations.keys().map(|k| (k.clone(), "example".to_owned())).collect();
+    base.values = g.signals.iter().map(|s| (s.name.clone(), 0.5)).collect();
+    variants(base)
 }
 
 impl Default for Templates {
@@ -327,7 +426,7 @@ fn context(n: &Notification) -> minijinja::Value {
 }
 
 /// Converts JSON to a template value (minijinja's `serde` feature is not enabled in this crate).
-fn json_to_value(v: &serde_json::Value) -> minijinja::Value {
+pub fn json_to_value(v: &serde_json::Value) -> minijinja::Value {
     use minijinja::Value;
     match v {
         serde_json::Value::Null => Value::from(()),

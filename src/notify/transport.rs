@@ -106,15 +106,21 @@ impl HttpTransport {
     }
 }
 
-/// Parses a `Retry-After` value: delay seconds or an HTTP date (relative to `now`).
+/// The longest `Retry-After` Herald honours (1 hour). A receiver asking for more gets its
+/// next try after an hour; the entry's retry deadline (`max_retry_duration`) still applies.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Parses a `Retry-After` value: delay seconds or an HTTP date (relative to `now`), capped at
+/// [`MAX_RETRY_AFTER`] (a number too large for any integer type is capped too).
 pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let delta = at.with_timezone(&chrono::Utc) - now;
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
+    Some(delta.to_std().unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
 }
 
 fn snippet(bytes: &[u8]) -> String {
@@ -256,6 +262,10 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        // Huge values are capped instead of overflowing into a tight retry loop.
+        for huge in ["18446744073709551615", "99999999999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+            assert_eq!(parse_retry_after(huge, now), Some(MAX_RETRY_AFTER), "{huge}");
+        }
     }
 
     #[tokio::test]

@@ -5,15 +5,20 @@
 //! ([`Store::claim`](crate::store::Store::claim)) so they are not picked up twice; deliver each
 //! job in its own task, at most `concurrency` at a time per receiver (a semaphore per
 //! receiver); mark the outcome. No network I/O happens under the lock or in a transaction.
-//! Then sleep until the next due entry, a wake-up (`outbox_wake`) or shutdown.
+//! Then run the retention pass when due (every [`DeliveryTuning::prune_every`], the first one
+//! [`DeliveryTuning::prune_first_after`] after start); then sleep until the next due entry, a wake-up
+//! (`outbox_wake`) or shutdown.
 //!
 //! Guarantees and outcomes:
 //! * **At least once**: entries live in SQLite; an entry is marked `sent` only after a 2xx.
 //!   A crash between commit and delivery leaves it pending (or leased: due again once the lease
 //!   — the receiver timeout plus a margin — runs out), so the next run delivers it. Receivers
-//!   deduplicate on the notification id (`webhook-id`) and the dedup key.
+//!   deduplicate on the notification id (`webhook-id`) and the dedup key. The window between
+//!   a receiver's 2xx and the `sent` mark is not atomic: a crash inside it re-delivers the
+//!   entry (same id) on the next run. Exactly once is the receiver's dedup, not Herald's.
 //! * **Retries**: exponential backoff with full jitter (base 1s, cap 5min by default), or the
-//!   receiver's `Retry-After` when larger; the entry stays `pending` with a new `not_before`
+//!   receiver's `Retry-After` when larger (capped at
+//!   [`MAX_RETRY_AFTER`](crate::notify::transport::MAX_RETRY_AFTER), 1h); the entry stays `pending` with a new `not_before`
 //!   and `attempts + 1`. It becomes `failed` on a permanent answer (`last_error` says why) or
 //!   when the next try would be past its `deadline` (`max_retry_duration`, 24h by default).
 //! * **Dry-run**: every receiver gets the in-memory [`Recorder`] (entries end `dry_run`),
@@ -60,6 +65,13 @@ pub struct DeliveryTuning {
     pub lease_margin: Duration,
     /// Longest sleep between passes (default 30s).
     pub max_idle: Duration,
+    /// How often the retention pass runs (default 1h).
+    pub prune_every: Duration,
+    /// When the first retention pass runs after start (default 1min: deliveries a restart
+    /// catches up on go first).
+    pub prune_first_after: Duration,
+    /// Rows removed per retention transaction (default 500), so the core lock is held briefly.
+    pub prune_batch: usize,
 }
 
 impl Default for DeliveryTuning {
@@ -71,6 +83,9 @@ impl Default for DeliveryTuning {
             repeat_every: Duration::from_secs(30),
             lease_margin: Duration::from_secs(5),
             max_idle: Duration::from_secs(30),
+            prune_every: Duration::from_secs(3600),
+            prune_first_after: Duration::from_secs(60),
+            prune_batch: 500,
         }
     }
 }
@@ -156,6 +171,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut next_repeat = tokio::time::Instant::now();
+        let mut next_prune = tokio::time::Instant::now() + self.tuning.prune_first_after;
         loop {
             if self.shared.shutdown.is_cancelled() {
                 break;
@@ -178,6 +194,13 @@ impl Worker {
                     Duration::from_secs(1)
                 }
             };
+            // After the due entries went out: retention never delays a delivery.
+            if tokio::time::Instant::now() >= next_prune {
+                if let Err(e) = self.prune_pass().await {
+                    tracing::error!(error = %e, "retention pass failed");
+                }
+                next_prune = tokio::time::Instant::now() + self.tuning.prune_every;
+            }
             let sleep =
                 sleep.min(next_repeat.saturating_duration_since(tokio::time::Instant::now()));
             while tasks.try_join_next().is_some() {}
@@ -231,6 +254,34 @@ impl Worker {
             self.shared.outbox_wake.notify_one();
         }
         Ok(n)
+    }
+
+    /// One retention pass (`global.retention`): prunes finished outbox entries and resolved
+    /// incidents (with their events) older than the retention, in batches that each take the
+    /// core lock briefly. Returns what was removed.
+    pub async fn prune_pass(&self) -> Result<crate::store::Pruned, crate::store::StoreError> {
+        let shared = self.shared.clone();
+        let batch = self.tuning.prune_batch.max(1);
+        tokio::task::spawn_blocking(move || {
+            let retention = shared.config().global.retention;
+            let cutoff = now_ms().saturating_sub(Ts::try_from(retention.as_millis()).unwrap_or(Ts::MAX));
+            let mut total = crate::store::Pruned::default();
+            loop {
+                let p = shared.core.lock().expect("core lock").store.prune(cutoff, batch)?;
+                total.outbox += p.outbox;
+                total.incidents += p.incidents;
+                total.events += p.events;
+                if p.outbox < batch && p.incidents < batch || shared.shutdown.is_cancelled() {
+                    break;
+                }
+            }
+            if total != crate::store::Pruned::default() {
+                tracing::info!(outbox = total.outbox, incidents = total.incidents, events = total.events, retention = %crate::config::PromDuration(retention), "pruned state older than the retention");
+            }
+            Ok(total)
+        })
+        .await
+        .expect("retention pass panicked")
     }
 
     /// Leases the due entries and spawns their deliveries into `tasks`. Returns the next
@@ -492,7 +543,7 @@ impl Worker {
                         Mark { id: e.id.clone(), state: OutboxState::Failed, attempts, not_before: e.not_before, error: Some(msg.clone()), delivered_at: None }
                     }
                     Outcome::Retry { error, .. } => {
-                        let next = now + delay.as_millis() as Ts;
+                        let next = now.saturating_add(Ts::try_from(delay.as_millis()).unwrap_or(Ts::MAX));
                         if next > e.deadline {
                             let msg = format!("gave up after {attempts} attempts (retry deadline passed): {error}");
                             tracing::error!(receiver = %name, id = %e.id, status = %status_text, error = %msg, "notification failed");

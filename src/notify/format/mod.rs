@@ -50,6 +50,62 @@ pub fn truncate_bytes(s: &str, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::{truncate_bytes, truncate_chars};
+    use crate::notify::message::tests::sample_firing;
+    use crate::notify::template::RenderedText;
+    use proptest::prelude::*;
+
+    /// Long strings with the characters that grow when escaped (mrkdwn `&<>`, JSON `"` `\`
+    /// and control characters) and multi-byte ones.
+    fn nasty(max: usize) -> impl Strategy<Value = String> {
+        (proptest::collection::vec(prop_oneof![Just("&"), Just("<"), Just(">"), Just("\""), Just("\\"), Just("\u{1}"), Just("€"), Just("a"), Just(" ")], 0..64), 0..max)
+            .prop_map(|(pieces, len)| if pieces.is_empty() { "x".repeat(len) } else { pieces.iter().cycle().take(len).copied().collect() })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn bodies_stay_within_receiver_limits(
+            label in nasty(40_000),
+            annotation in nasty(60_000),
+            rule in nasty(5_000),
+            title in nasty(20_000),
+            text in nasty(80_000),
+            labels in 1usize..40,
+        ) {
+            let mut n = sample_firing();
+            n.rule = rule;
+            for i in 0..labels {
+                n.subject.insert(format!("l{i}"), label.clone());
+                n.labels.insert(format!("k{i}"), label.clone());
+                n.annotations.insert(format!("a{i}"), annotation.clone());
+            }
+            n.labels.insert("team".into(), label.clone());
+            let r = RenderedText { title, text };
+
+            let slack = super::slack_message(&n, &r);
+            let count = |v: &serde_json::Value| v.as_str().unwrap().chars().count();
+            prop_assert!(count(&slack["text"]) <= super::slack::MAX_TEXT_OBJECT_CHARS);
+            for b in slack["blocks"].as_array().unwrap() {
+                match b["type"].as_str().unwrap() {
+                    "header" => prop_assert!(count(&b["text"]["text"]) <= super::slack::MAX_HEADER_CHARS),
+                    "section" => prop_assert!(count(&b["text"]["text"]) <= super::slack::MAX_TEXT_OBJECT_CHARS),
+                    _ => for e in b["elements"].as_array().unwrap() {
+                        prop_assert!(count(&e["text"]) <= super::slack::MAX_TEXT_OBJECT_CHARS, "context {}", count(&e["text"]));
+                    },
+                }
+            }
+
+            let teams = serde_json::to_vec(&super::teams_message(&n, &r)).unwrap();
+            prop_assert!(teams.len() <= 28_672, "teams card {} bytes", teams.len());
+
+            let pd = super::pagerduty_event(&n, "key", &r.title);
+            prop_assert!(count(&pd["payload"]["summary"]) <= super::pagerduty::MAX_SUMMARY_CHARS);
+            for f in ["source", "component", "group", "class"] {
+                prop_assert!(count(&pd["payload"][f]) <= super::pagerduty::MAX_FIELD_CHARS, "{f}");
+            }
+            prop_assert!(serde_json::to_vec(&pd).unwrap().len() <= 512 * 1024);
+        }
+    }
 
     #[test]
     fn truncate_bytes_respects_char_boundaries() {

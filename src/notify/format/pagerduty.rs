@@ -9,6 +9,12 @@
 //! `timestamp` = `starts_at`; `component` = subject label `service` and `group` = label `team`
 //! when present; `class` = the action; `custom_details` = rule, action, severity, subject,
 //! labels, annotations, values, incident and dry-run flag; `links` = incident and runbook.
+//!
+//! Sizes, whatever the label and annotation lengths: `summary` ≤ 1,024 characters (PagerDuty's
+//! limit); `source`, `component`, `group` and `class` ≤ [`MAX_FIELD_CHARS`] (PagerDuty shows
+//! them as one-line fields); every string in `custom_details` ≤ [`MAX_DETAIL_CHARS`]; and the
+//! whole event below PagerDuty's 512 KB limit ([`MAX_EVENT_BYTES`]: past it, `custom_details`
+//! keeps only rule, action, severity and incident).
 
 use serde_json::{json, Map, Value};
 
@@ -19,6 +25,18 @@ use crate::notify::message::{format_time, values_to_json, Notification, Status};
 pub const MAX_SUMMARY_CHARS: usize = 1024;
 /// PagerDuty's maximum dedup key length.
 pub const MAX_DEDUP_KEY_CHARS: usize = 255;
+/// Herald's cap for `source`, `component`, `group` and `class`.
+pub const MAX_FIELD_CHARS: usize = 255;
+/// Herald's cap for each label, annotation or subject value in `custom_details`.
+pub const MAX_DETAIL_CHARS: usize = 2048;
+/// The largest event Herald sends (PagerDuty refuses events above 512 KB).
+pub const MAX_EVENT_BYTES: usize = 500_000;
+
+fn capped(m: &std::collections::BTreeMap<String, String>) -> Map<String, Value> {
+    m.iter()
+        .map(|(k, v)| (truncate_chars(k, MAX_FIELD_CHARS), truncate_chars(v, MAX_DETAIL_CHARS).into()))
+        .collect()
+}
 
 /// Maps Herald's severity to PagerDuty's: `critical`, `warning`, `info` map to themselves; any
 /// other value (config validation should prevent it) maps to `error`.
@@ -59,25 +77,25 @@ pub fn pagerduty_event(n: &Notification, routing_key: &str, title: &str) -> Valu
         "summary".into(),
         truncate_chars(title, MAX_SUMMARY_CHARS).into(),
     );
-    payload.insert("source".into(), source(n).into());
+    payload.insert("source".into(), truncate_chars(&source(n), MAX_FIELD_CHARS).into());
     payload.insert("severity".into(), pagerduty_severity(&n.severity).into());
     payload.insert("timestamp".into(), format_time(&n.starts_at).into());
     if let Some(service) = n.subject.get("service") {
-        payload.insert("component".into(), service.clone().into());
+        payload.insert("component".into(), truncate_chars(service, MAX_FIELD_CHARS).into());
     }
     if let Some(team) = n.labels.get("team") {
-        payload.insert("group".into(), team.clone().into());
+        payload.insert("group".into(), truncate_chars(team, MAX_FIELD_CHARS).into());
     }
-    payload.insert("class".into(), n.action.clone().into());
+    payload.insert("class".into(), truncate_chars(&n.action, MAX_FIELD_CHARS).into());
     payload.insert(
         "custom_details".into(),
         json!({
             "rule": n.rule,
             "action": n.action,
             "severity": n.severity,
-            "subject": n.subject,
-            "labels": n.labels,
-            "annotations": n.annotations,
+            "subject": capped(&n.subject),
+            "labels": capped(&n.labels),
+            "annotations": capped(&n.annotations),
             "values": values_to_json(&n.values),
             "incident_id": n.incident.as_ref().map(|i| i.id.clone()),
             "incident_status": n.incident.as_ref().map(|i| i.status.clone()),
@@ -91,17 +109,27 @@ pub fn pagerduty_event(n: &Notification, routing_key: &str, title: &str) -> Valu
             links.push(json!({"href": url, "text": format!("Incident {}", inc.id)}));
         }
     }
-    if let Some(runbook) = n.annotations.get("runbook_url") {
+    if let Some(runbook) = n.annotations.get("runbook_url").filter(|u| u.len() <= MAX_DETAIL_CHARS) {
         links.push(json!({"href": runbook, "text": "Runbook"}));
     }
 
-    json!({
+    let mut event = json!({
         "routing_key": routing_key,
         "event_action": "trigger",
         "dedup_key": dedup_key,
         "payload": payload,
         "links": links,
-    })
+    });
+    if serde_json::to_vec(&event).map_or(0, |b| b.len()) > MAX_EVENT_BYTES {
+        event["payload"]["custom_details"] = json!({
+            "rule": truncate_chars(&n.rule, MAX_FIELD_CHARS),
+            "action": n.action,
+            "severity": n.severity,
+            "incident_id": n.incident.as_ref().map(|i| i.id.clone()),
+            "truncated": "labels and annotations were too large for PagerDuty",
+        });
+    }
+    event
 }
 
 #[cfg(test)]

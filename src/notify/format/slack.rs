@@ -3,7 +3,9 @@
 //! `text` is the notification fallback (the title); the blocks are a header (the title), a
 //! section with the body (impact first, as rendered by the templates), a link to the incident,
 //! and a context line with severity, rule and subject. Text is escaped for Slack's mrkdwn
-//! (`&`, `<`, `>`), and cut to Slack's block limits (header 150, section 3000 characters).
+//! (`&`, `<`, `>`), and every text object is cut to Slack's limits whatever the label and
+//! annotation lengths: header 150 characters, section and context text 3,000, the fallback
+//! `text` 3,000 too. Cuts never split an escape (`&amp;`).
 
 use serde_json::{json, Value};
 
@@ -15,6 +17,30 @@ use crate::notify::template::{subject_text, RenderedText};
 pub const MAX_HEADER_CHARS: usize = 150;
 /// Slack's limit for a section block's text.
 pub const MAX_SECTION_CHARS: usize = 3000;
+
+/// Slack's limit for any text object (a context element included).
+pub const MAX_TEXT_OBJECT_CHARS: usize = 3000;
+/// The subject's share of the context line (the rest is severity, status and rule).
+const MAX_CONTEXT_SUBJECT_CHARS: usize = 2000;
+/// The rule name's share of the context line.
+const MAX_CONTEXT_RULE_CHARS: usize = 500;
+
+/// Escapes for mrkdwn, then cuts to `max` characters without splitting an escape.
+pub fn mrkdwn_cut(s: &str, max: usize) -> String {
+    let escaped = escape_mrkdwn(s);
+    if escaped.chars().count() <= max {
+        return escaped;
+    }
+    let mut cut = truncate_chars(&escaped, max);
+    // `…` replaced the tail; drop a partial `&amp;`/`&lt;`/`&gt;` left just before it.
+    let body_len = cut.len() - '…'.len_utf8();
+    if let Some(amp) = cut[..body_len].rfind('&') {
+        if !cut[amp..body_len].contains(';') {
+            cut.replace_range(amp..body_len, "");
+        }
+    }
+    cut
+}
 
 /// Escapes the three characters Slack's mrkdwn treats as control characters.
 pub fn escape_mrkdwn(s: &str) -> String {
@@ -32,31 +58,30 @@ pub fn slack_message(n: &Notification, text: &RenderedText) -> Value {
         }),
         json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": truncate_chars(&escape_mrkdwn(&text.text), MAX_SECTION_CHARS)}
+            "text": {"type": "mrkdwn", "text": mrkdwn_cut(&text.text, MAX_SECTION_CHARS)}
         }),
     ];
     if let Some(inc) = &n.incident {
+        let plain = format!("Incident {} ({})", mrkdwn_cut(&inc.id, 100), mrkdwn_cut(&inc.status, 50));
         let line = match &inc.url {
             Some(url) => format!(
                 "<{}|Open incident {}> ({})",
                 escape_mrkdwn(url),
-                escape_mrkdwn(&inc.id),
-                escape_mrkdwn(&inc.status)
+                mrkdwn_cut(&inc.id, 100),
+                mrkdwn_cut(&inc.status, 50)
             ),
-            None => format!(
-                "Incident {} ({})",
-                escape_mrkdwn(&inc.id),
-                escape_mrkdwn(&inc.status)
-            ),
+            None => plain.clone(),
         };
+        // A link too long for a text object loses its link, never the incident id.
+        let line = if line.chars().count() <= MAX_TEXT_OBJECT_CHARS { line } else { plain };
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": line}}));
     }
     let mut context = format!(
         "*{}* · {} · {} · {}",
-        escape_mrkdwn(&n.severity),
+        mrkdwn_cut(&n.severity, 50),
         n.status.as_str(),
-        escape_mrkdwn(&n.rule),
-        escape_mrkdwn(&subject_text(n))
+        mrkdwn_cut(&n.rule, MAX_CONTEXT_RULE_CHARS),
+        mrkdwn_cut(&subject_text(n), MAX_CONTEXT_SUBJECT_CHARS)
     );
     if n.dry_run {
         context.push_str(" · dry run");
@@ -64,7 +89,7 @@ pub fn slack_message(n: &Notification, text: &RenderedText) -> Value {
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]}));
 
     json!({
-        "text": escape_mrkdwn(&text.title),
+        "text": mrkdwn_cut(&text.title, MAX_TEXT_OBJECT_CHARS),
         "blocks": blocks,
     })
 }

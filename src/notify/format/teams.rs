@@ -3,8 +3,11 @@
 //!
 //! The card has the title (bold, red while firing, green once resolved), the body text, a fact
 //! set (status, severity, rule, action, subject, incident) and an `Action.OpenUrl` to the
-//! incident when it has a URL. The body text is cut so that the card stays well under the
-//! 28 KB message limit.
+//! incident when it has a URL. Whatever the label and annotation lengths, the serialized
+//! message stays under Teams' 28 KB (28,672 bytes) limit: each fact value is cut to
+//! [`MAX_FACT_CHARS`], the body text to [`MAX_TEXT_BYTES`], and if the whole message (JSON
+//! escapes included) is still above [`MAX_MESSAGE_BYTES`] the body text, then the facts, are
+//! cut further until it fits.
 
 use serde_json::{json, Value};
 
@@ -16,19 +19,43 @@ use crate::notify::template::{subject_text, RenderedText};
 pub const MAX_TEXT_BYTES: usize = 16_000;
 /// Maximum characters of the title.
 pub const MAX_TITLE_CHARS: usize = 300;
+/// Maximum characters of one fact value (the subject can be long).
+pub const MAX_FACT_CHARS: usize = 1000;
+/// The serialized message Herald sends is at most this many bytes (Teams refuses more than
+/// 28,672; the margin covers the Workflows envelope).
+pub const MAX_MESSAGE_BYTES: usize = 27_000;
 
 /// The Workflows webhook body for `n` with the rendered `text`.
 pub fn teams_message(n: &Notification, text: &RenderedText) -> Value {
+    let (mut text_bytes, mut fact_chars) = (MAX_TEXT_BYTES, MAX_FACT_CHARS);
+    loop {
+        let body = card(n, text, text_bytes, fact_chars);
+        let size = serde_json::to_vec(&body).map_or(0, |b| b.len());
+        if size <= MAX_MESSAGE_BYTES || (text_bytes == 0 && fact_chars <= 20) {
+            return body;
+        }
+        let over = size - MAX_MESSAGE_BYTES;
+        if text_bytes > 0 {
+            // JSON escapes can make a byte of text cost up to six: cut what is over, and more.
+            text_bytes = text_bytes.saturating_sub(over.max(256));
+        } else {
+            fact_chars = (fact_chars / 2).max(20);
+        }
+    }
+}
+
+fn card(n: &Notification, text: &RenderedText, text_bytes: usize, fact_chars: usize) -> Value {
     let firing = n.status == crate::notify::Status::Firing;
+    let fact = |title: &str, value: &str| json!({"title": title, "value": truncate_chars(value, fact_chars)});
     let mut facts = vec![
-        json!({"title": "Status", "value": n.status.as_str()}),
-        json!({"title": "Severity", "value": n.severity}),
-        json!({"title": "Rule", "value": n.rule}),
-        json!({"title": "Action", "value": n.action}),
-        json!({"title": "Subject", "value": subject_text(n)}),
+        fact("Status", n.status.as_str()),
+        fact("Severity", &n.severity),
+        fact("Rule", &n.rule),
+        fact("Action", &n.action),
+        fact("Subject", &subject_text(n)),
     ];
     if let Some(inc) = &n.incident {
-        facts.push(json!({"title": "Incident", "value": format!("{} ({})", inc.id, inc.status)}));
+        facts.push(fact("Incident", &format!("{} ({})", inc.id, inc.status)));
     }
     if n.dry_run {
         facts.push(json!({"title": "Dry run", "value": "yes"}));
@@ -57,7 +84,7 @@ pub fn teams_message(n: &Notification, text: &RenderedText) -> Value {
                         "color": if firing { "Attention" } else { "Good" },
                         "wrap": true
                     },
-                    {"type": "TextBlock", "text": truncate_bytes(&text.text, MAX_TEXT_BYTES), "wrap": true},
+                    {"type": "TextBlock", "text": truncate_bytes(&text.text, text_bytes), "wrap": true},
                     {"type": "FactSet", "facts": facts}
                 ],
                 "actions": actions
