@@ -8,9 +8,11 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod drafts;
 pub mod engine;
 pub mod expr;
 pub mod http;
+pub mod integrations;
 pub mod notify;
 pub mod source;
 pub mod store;

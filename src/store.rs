@@ -14,6 +14,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::engine::{Event, Incident, Instance, Phase, State, Subject, Ts};
 
+mod integrations;
+pub use integrations::{Extra, Link, Mark, PublicationRow, Seen};
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -150,7 +153,7 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (state, not_before);
 CREATE INDEX outbox_dedup ON outbox (dedup_key, receiver, created_at);
 CREATE TABLE group_evals (name TEXT PRIMARY KEY, at INTEGER NOT NULL);
-"#];
+"#, integrations::MIGRATION];
 
 /// The state database.
 pub struct Store {

@@ -16,6 +16,9 @@ use super::rules::{duration_at, err_at, is_identifier, parse_rule_sources};
 use super::yaml::{self, ConfigFile, RawReceiver, RawTicketSource, Spanned};
 use super::{Diagnostic, Diagnostics, RuleSet, SignalSource};
 
+mod integrations;
+pub use integrations::{AlertEvent, AlertMapping, DraftSettings, Integrations, StatusPage, StatusPageKind, STATUSPAGE_API_URL};
+
 /// A lookup of environment variables; tests pass a map instead of mutating the process env.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -40,6 +43,12 @@ pub struct Config {
     /// Rule files after glob expansion.
     pub rule_files: Vec<PathBuf>,
     pub rules: RuleSet,
+    /// Status pages Herald reads (and publishes approved drafts to).
+    pub status_pages: Vec<StatusPage>,
+    /// Inbound integrations (PagerDuty webhooks, Alertmanager).
+    pub integrations: Integrations,
+    /// Drafted-update template overrides.
+    pub drafts: DraftSettings,
 }
 
 /// `global:`.
@@ -393,6 +402,9 @@ impl Validator<'_> {
         let receivers = self.receivers(&raw.receivers);
         let notification = self.notification(&raw.notification);
         let maintenance_windows = self.maintenance(&raw.maintenance_windows);
+        let status_pages = self.status_pages(&raw.status_pages);
+        let integrations = self.integrations(&raw.integrations);
+        let drafts = self.drafts(&raw.drafts);
         let api_token = raw.api.token_file.as_ref().and_then(|f| self.read_secret(f));
         if let (Some(f), Some(t)) = (&raw.api.token_file, &api_token) {
             if t.is_empty() {
@@ -474,6 +486,9 @@ impl Validator<'_> {
             api_token,
             rule_files,
             rules: rules?,
+            status_pages,
+            integrations,
+            drafts,
         })
     }
 

@@ -198,6 +198,12 @@ pub struct ConfigFile {
     pub api: RawApi,
     #[serde(default)]
     pub rule_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub status_pages: Vec<RawStatusPage>,
+    #[serde(default)]
+    pub integrations: RawIntegrations,
+    #[serde(default)]
+    pub drafts: RawDrafts,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -364,4 +370,72 @@ pub struct RawMaintenance {
 pub struct RawApi {
     #[serde(default)]
     pub token_file: Option<Spanned<String>>,
+}
+
+// Status pages, inbound integrations and drafted updates
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatusPage {
+    pub name: Spanned<String>,
+    /// `statuspage` (REST API v1) or `statuspage_public` (the page's public JSON).
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub page_id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// Component id → subject labels.
+    #[serde(default)]
+    pub components: BTreeMap<String, Spanned<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntegrations {
+    #[serde(default)]
+    pub pagerduty: Option<RawPagerDutyInbound>,
+    #[serde(default)]
+    pub alertmanager: Vec<RawAlertMapping>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagerDutyInbound {
+    #[serde(default)]
+    pub webhook_secret: Option<Spanned<String>>,
+    #[serde(default)]
+    pub webhook_secret_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertMapping {
+    /// Alertmanager-style label matchers; all must match.
+    pub matchers: Vec<Spanned<String>>,
+    /// Alert labels that form the subject (default `[service]`).
+    #[serde(default)]
+    pub subject: Option<Vec<Spanned<String>>>,
+    /// An incident event applied while the alert fires (`security`).
+    #[serde(default)]
+    pub event: Option<Spanned<String>>,
+    /// A signal fed with the alert's value (1 while firing, 0 once resolved).
+    #[serde(default)]
+    pub signal: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrafts {
+    /// A directory of minijinja templates that override the built-in ones by file name.
+    #[serde(default)]
+    pub templates_dir: Option<Spanned<String>>,
 }

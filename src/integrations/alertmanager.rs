@@ -1,0 +1,1 @@
+//! Alertmanager webhook (version 4) as input.
