@@ -8,7 +8,9 @@
 //! Handlers never hold the `core` lock on an async worker: everything that touches the state
 //! or the store runs in `spawn_blocking` (SQLite fsyncs under that lock).
 
+mod drafts;
 mod incidents;
+mod integrations;
 mod notifications;
 mod ops;
 mod rules;
@@ -40,6 +42,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/incidents/{id}", get(incidents::get_one))
         .route("/api/v1/incidents/{id}/events", post(incidents::post_event))
         .route("/api/v1/notifications", get(notifications::list))
+        .route("/api/v1/incidents/{id}/drafts", get(drafts::list))
+        .route("/api/v1/incidents/{id}/drafts/{n}/publish", post(drafts::publish))
+        .route("/api/v1/integrations/pagerduty", post(integrations::pagerduty).layer(axum::extract::DefaultBodyLimit::max(integrations::MAX_BODY)))
+        .route("/api/v1/alertmanager", post(integrations::alertmanager).layer(axum::extract::DefaultBodyLimit::max(integrations::MAX_BODY)))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
 }

@@ -360,3 +360,93 @@ pub async fn poll_loop(shared: Arc<Shared>, clients: Arc<Clients>, config: Arc<C
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Severity;
+    use crate::engine::{Incident, State, Subject};
+    use crate::store::{Commit, Store};
+
+    fn page() -> StatusPage {
+        StatusPage {
+            name: "public".into(),
+            kind: StatusPageKind::Public,
+            url: "http://127.0.0.1:1".into(),
+            poll_interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(5),
+            components: vec![("b13yz5g2cw10".into(), Subject::new([("service", "checkout")]))],
+        }
+    }
+
+    fn core_with_incident(dir: &std::path::Path, opened: &str) -> Core {
+        let mut store = Store::open_dir(dir).unwrap();
+        let s = Subject::new([("service", "checkout")]);
+        let inc = Incident::open("INC-1".into(), s.clone(), Severity::Critical, parse_time(Some(opened)), Some("ActivateCommsLead".into()));
+        let mut state = State::default();
+        state.incidents.insert(s, inc.clone());
+        state.next_incident_seq = 1;
+        store.commit(&state, &Commit { incidents: vec![&inc], ..Default::default() }).unwrap();
+        Core { state, store }
+    }
+
+    fn fixture() -> Vec<SpIncident> {
+        let v: PublicIncidents = serde_json::from_str(include_str!("../../tests/fixtures/integrations/statuspage_public_incidents.json")).unwrap();
+        v.incidents
+    }
+
+    #[test]
+    fn each_update_becomes_events_once_and_an_edit_is_a_correction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = core_with_incident(dir.path(), "2014-05-14T20:00:00Z");
+        let mut incidents = fixture();
+        let r = sync(&mut core, &page(), &incidents).unwrap();
+        assert_eq!(r.linked, 1);
+        assert_eq!(r.events.iter().map(|e| e.1).collect::<Vec<_>>(), vec!["public_update", "status"]);
+        let inc = core.state.incidents.values().next().unwrap().clone();
+        assert_eq!(inc.public_updates, 1);
+        assert_eq!(inc.status, Status::Identified);
+        // The update's own time, not the time it was read: 14:22:40.301-06:00.
+        assert_eq!(inc.last_status_page_update_at, Some(parse_time(Some("2014-05-14T20:22:40.301Z"))));
+        assert_eq!(sync(&mut core, &page(), &incidents).unwrap(), SyncReport::default(), "nothing twice");
+        // Across a restart: a new core over the same file.
+        drop(core);
+        let store = Store::open_dir(dir.path()).unwrap();
+        let state = store.load_state().unwrap();
+        let mut core = Core { state, store };
+        assert_eq!(sync(&mut core, &page(), &incidents).unwrap(), SyncReport::default(), "nothing twice across restarts");
+        incidents[0].incident_updates[0].body = Some("Corrected: the database is back.".into());
+        let r = sync(&mut core, &page(), &incidents).unwrap();
+        assert_eq!(r.events.iter().map(|e| e.1).collect::<Vec<_>>(), vec!["correction"]);
+        let mut next = incidents[0].incident_updates[0].clone();
+        next.id = "u2".into();
+        next.status = "resolved".into();
+        next.created_at = Some("2014-05-14T21:00:00Z".into());
+        incidents[0].incident_updates.insert(0, next);
+        let r = sync(&mut core, &page(), &incidents).unwrap();
+        assert_eq!(r.events.iter().map(|e| e.1).collect::<Vec<_>>(), vec!["public_update", "status"]);
+        assert!(!core.state.incidents.values().next().unwrap().is_open(), "a resolved status on the page resolves the incident");
+        let events = core.store.events("INC-1").unwrap();
+        assert_eq!(events.len(), 5);
+    }
+
+    #[test]
+    fn an_incident_that_started_before_herald_opened_one_is_not_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = core_with_incident(dir.path(), "2014-05-14T21:00:00Z");
+        assert_eq!(sync(&mut core, &page(), &fixture()).unwrap(), SyncReport::default());
+        let mut unmapped = page();
+        unmapped.components.clear();
+        let mut core = core_with_incident(tempfile::tempdir().unwrap().path(), "2014-05-14T20:00:00Z");
+        assert_eq!(sync(&mut core, &unmapped, &fixture()).unwrap(), SyncReport::default(), "no mapped component, no link");
+    }
+
+    #[test]
+    fn the_documented_bodies_parse() {
+        let v1: Vec<SpIncident> = serde_json::from_str(include_str!("../../tests/fixtures/integrations/statuspage_v1_incidents.json")).unwrap();
+        assert_eq!(v1[0].incident_updates[0].affected_components.as_ref().unwrap()[0].code, "b13yz5g2cw10");
+        let s: PublicIncidents = serde_json::from_str(include_str!("../../tests/fixtures/integrations/statuspage_public_summary.json")).unwrap();
+        assert_eq!(s.page.unwrap().updated_at.as_deref(), Some("2014-05-14T20:34:44.470Z"));
+        assert_eq!(s.incidents[0].incident_updates[0].status, "identified");
+    }
+}

@@ -250,6 +250,12 @@ impl Store {
         Ok(())
     }
 
+    /// Makes pending publications due now (a new process has nothing in flight).
+    pub fn release_publication_leases(&mut self, now: Ts) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE publications SET not_before = ?1 WHERE state = 'pending' AND not_before > ?1", params![now])?;
+        Ok(())
+    }
+
     /// Stores the Statuspage incident id of a publication as soon as it is known (and links it),
     /// so a retry updates that incident instead of creating another.
     pub fn set_publication_incident(&mut self, id: &str, link: &Link) -> Result<(), StoreError> {
