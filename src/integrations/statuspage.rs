@@ -450,3 +450,64 @@ mod tests {
         assert_eq!(s.incidents[0].incident_updates[0].status, "identified");
     }
 }
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A loopback public status page serving the documented bodies; counts requests per path.
+    async fn serve(hits: Arc<Mutex<Vec<String>>>, rate_limited: Arc<AtomicUsize>) -> String {
+        use axum::routing::get;
+        let h1 = hits.clone();
+        let h2 = hits.clone();
+        let app = axum::Router::new()
+            .route(
+                "/api/v2/summary.json",
+                get(move || {
+                    let h = h1.clone();
+                    let rl = rate_limited.clone();
+                    async move {
+                        h.lock().unwrap().push("summary".into());
+                        if rl.fetch_sub(1, Ordering::SeqCst) > 0 {
+                            return (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], String::new());
+                        }
+                        rl.store(0, Ordering::SeqCst);
+                        (axum::http::StatusCode::OK, [("retry-after", "0")], include_str!("../../tests/fixtures/integrations/statuspage_public_summary.json").to_string())
+                    }
+                }),
+            )
+            .route(
+                "/api/v2/incidents.json",
+                get(move || {
+                    let h = h2.clone();
+                    async move {
+                        h.lock().unwrap().push("incidents".into());
+                        include_str!("../../tests/fixtures/integrations/statuspage_public_incidents.json")
+                    }
+                }),
+            );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn public_pages_are_read_from_summary_then_incidents_within_the_rate_limit() {
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let url = serve(hits.clone(), Arc::new(AtomicUsize::new(1))).await;
+        let page = StatusPage { name: "p".into(), kind: StatusPageKind::Public, url, poll_interval: Duration::from_secs(1), timeout: Duration::from_secs(5), components: vec![] };
+        let client = Clients::default().get(&page).unwrap();
+        let mut last = None;
+        let t = std::time::Instant::now();
+        let e = client.incidents(&mut last).await.unwrap_err();
+        assert!(e.is_retryable(), "a 429 is retried: {e}");
+        let got = client.incidents(&mut last).await.unwrap().expect("first read returns incidents");
+        assert!(t.elapsed() >= Duration::from_secs(1), "waited for Retry-After and the 1 request/s limit");
+        assert_eq!(got[0].id, "cp306tmzcl0y");
+        assert_eq!(got[0].components[0].id, "b13yz5g2cw10");
+        assert!(client.incidents(&mut last).await.unwrap().is_none(), "unchanged summary: incidents.json is not fetched");
+        assert_eq!(*hits.lock().unwrap(), vec!["summary", "summary", "incidents", "summary"]);
+    }
+}
