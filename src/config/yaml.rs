@@ -424,12 +424,9 @@ pub struct RawAlertMapping {
     /// Alert labels that form the subject (default `[service]`).
     #[serde(default)]
     pub subject: Option<Vec<Spanned<String>>>,
-    /// An incident event applied while the alert fires (`security`).
+    /// The incident event a firing alert applies (`security`, `internal_only`, `legal_requested`).
     #[serde(default)]
     pub event: Option<Spanned<String>>,
-    /// A signal fed with the alert's value (1 while firing, 0 once resolved).
-    #[serde(default)]
-    pub signal: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

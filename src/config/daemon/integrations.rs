@@ -204,9 +204,12 @@ impl Validator<'_> {
             self.err(ev, format!("unknown event {:?} for alertmanager alerts (valid: security, internal_only, legal_requested)", ev.value));
             return None;
         };
-        if matchers.is_empty() {
+        if m.matchers.is_empty() {
             self.err(ev, "an alertmanager mapping needs at least one matcher, e.g. alertname=\"SecurityAlert\"");
             return None;
+        }
+        if matchers.len() != m.matchers.len() {
+            return None; // reported above; a mapping with a dropped matcher would match too much
         }
         Some(AlertMapping { matchers, subject_labels, event })
     }
@@ -238,5 +241,60 @@ impl Validator<'_> {
             Err(e) => self.err(dir, format!("cannot read templates_dir {}: {e}", path.display())),
         }
         DraftSettings { templates_dir: Some(path), templates }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_config;
+
+    fn load(extra: &str) -> Result<crate::config::Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), "groups: []\n").unwrap();
+        std::fs::write(dir.path().join("key"), "k3y\n").unwrap();
+        std::fs::write(dir.path().join("herald.yaml"), format!("rule_files: [rules.yaml]\n{extra}")).unwrap();
+        let env = |n: &str| (n == "SP_KEY").then(|| "from-env".to_string());
+        load_config(&dir.path().join("herald.yaml"), &env).map(|(c, _)| c).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn status_pages_and_integrations_load() {
+        let c = load(
+            "status_pages:\n  - {name: main, type: statuspage, page_id: p1, api_key_file: key, components: {c1: {service: checkout}}}\n  - {name: pub, type: statuspage_public, url: 'https://status.example.com/', poll_interval: 30s}\n  - {name: env, type: statuspage, page_id: p2, api_key: '${SP_KEY}'}\n\
+             integrations:\n  pagerduty: {webhook_secret_file: key}\n  alertmanager:\n    - {matchers: ['alertname=\"Sec\"'], event: security}\n",
+        )
+        .unwrap();
+        assert_eq!(c.status_pages.len(), 3);
+        assert_eq!(c.status_pages[0].url, super::STATUSPAGE_API_URL);
+        assert_eq!(c.status_pages[0].kind, super::StatusPageKind::Api { page_id: "p1".into(), api_key: "k3y".into() });
+        assert_eq!(c.status_pages[0].poll_interval, std::time::Duration::from_secs(60));
+        assert_eq!(c.status_pages[1].url, "https://status.example.com");
+        assert_eq!(c.status_pages[2].kind, super::StatusPageKind::Api { page_id: "p2".into(), api_key: "from-env".into() });
+        assert_eq!(c.status_pages[0].subject_of("c1").unwrap().get("service"), Some("checkout"));
+        assert_eq!(c.integrations.pagerduty_secret.as_deref(), Some("k3y"));
+        assert_eq!(c.integrations.alertmanager[0].subject_labels, vec!["service"]);
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_location() {
+        let e = load(
+            "status_pages:\n  - {name: a, type: statuspage}\n  - {name: b, type: statuspage_public, page_id: x}\n  - {name: c, type: nope}\n  - {name: d, type: statuspage, page_id: p, api_key_file: key, poll_interval: 500ms}\n\
+             integrations:\n  alertmanager:\n    - {matchers: ['alertname=~\"(\"'], event: security}\n    - {matchers: ['a=\"b\"'], event: explode}\n    - {matchers: ['a=\"b\"']}\n",
+        )
+        .unwrap_err();
+        for want in [
+            "herald.yaml:3:21: statuspage \"a\" needs `page_id`",
+            "statuspage \"a\" needs `api_key_file`",
+            "herald.yaml:4:49: `page_id` does not apply to statuspage_public pages",
+            "statuspage_public \"b\" needs `url`",
+            "unknown status page type \"nope\"",
+            "poll_interval must be at least 1s",
+            "invalid regex in matcher",
+            "unknown event \"explode\"",
+            "herald.yaml:11:19: an alertmanager mapping needs `event`",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        assert!(!e.contains("at least one matcher"), "an invalid matcher is reported once:\n{e}");
     }
 }
