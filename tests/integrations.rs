@@ -269,6 +269,7 @@ fn status_page_pager_and_drafts_close_the_loop_end_to_end() {
     });
     let on_page: Vec<Value> = page.incidents()[0]["incident_updates"].as_array().unwrap().iter().filter(|u| u["body"] == edited).cloned().collect();
     assert_eq!(on_page.len(), 1, "published exactly once across kill -9: {:?}", page.log());
+    assert!(d.log().contains("a previous attempt reached the page"), "the retry adopted the update:\n{}", d.log());
     assert_eq!(page.incidents().len(), 1, "the update went to the linked incident");
     assert_eq!(page.log().iter().filter(|(m, _, _)| m == "PATCH" || m == "POST").count(), 1, "{:?}", page.log());
     std::thread::sleep(Duration::from_secs(2));
@@ -286,4 +287,43 @@ fn status_page_pager_and_drafts_close_the_loop_end_to_end() {
     let r = d.post("/api/v1/incidents/INC-1/drafts/1/publish", "{}");
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(r.json()["reason"], "legal_hold");
+}
+
+#[test]
+fn a_published_draft_creates_the_page_incident_once_across_kill_9() {
+    let (_exporter, prom) = breaching();
+    let rx = Receiver::start();
+    let page = Statuspage::start();
+    let mut site = Site::new(&prom.url(), &rx.url(), &page.url());
+    let mut d = site.start();
+    d.eventually("a draft", Duration::from_secs(30), || d.get("/api/v1/incidents/INC-1/drafts").json()["drafts"].as_array().is_some_and(|a| !a.is_empty()));
+    assert!(page.incidents().is_empty(), "Herald never posts on its own");
+
+    // Approve the draft as written; the page creates the incident but Herald dies before the answer.
+    page.delay_writes(Duration::from_secs(5));
+    let r = d.post("/api/v1/incidents/INC-1/drafts/1/publish", r#"{"component_status": "major_outage"}"#);
+    assert_eq!(r.status, 202, "{}", r.body);
+    d.eventually("the POST to reach the page", Duration::from_secs(15), || page.log().iter().any(|(m, _, _)| m == "POST"));
+    d.kill9();
+    page.delay_writes(Duration::ZERO);
+    assert_eq!(page.incidents().len(), 1, "the create took effect on the page");
+
+    let d = site.start();
+    d.eventually("the publication done", Duration::from_secs(30), || {
+        d.get("/api/v1/incidents/INC-1/drafts").json()["drafts"][0]["publication"]["state"] == "done"
+    });
+    let incidents = page.incidents();
+    assert_eq!(incidents.len(), 1, "created once across kill -9: {:?}", page.log());
+    assert!(d.log().contains("a previous attempt reached the page"), "the retry adopted the incident:\n{}", d.log());
+    assert_eq!(page.log().iter().filter(|(m, _, _)| m == "POST").count(), 1, "{:?}", page.log());
+    let sp = &incidents[0];
+    assert_eq!(sp["components"][0]["id"], COMPONENT);
+    assert_eq!(sp["components"][0]["status"], "major_outage");
+    let drafted = d.get("/api/v1/incidents/INC-1/drafts").json()["drafts"][0].clone();
+    assert_eq!(sp["incident_updates"][0]["body"], drafted["audiences"]["status_page"], "the draft as written");
+    assert_eq!(drafted["publication"]["status_page_incident_id"], sp["id"]);
+    d.eventually("PreparePublicUpdate stopped", Duration::from_secs(10), || phase(&d, "PreparePublicUpdate").as_deref() != Some("firing"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(incident(&d)["public_updates"], 1, "recorded once, by the publisher or the poller");
+    assert_eq!(metric(&d.metrics(), "herald_first_update_latency_seconds_count"), 1.0);
 }
