@@ -98,8 +98,8 @@ fn err(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({"error": msg}))).into_response()
 }
 
-/// Auth and rate limit; records the request.
-fn gate(s: &Shared, method: &str, path: &str, headers: &HeaderMap) -> Result<(), Response> {
+/// Auth and rate limit; records the request. `Some` is the refusal to answer with.
+fn gate(s: &Shared, method: &str, path: &str, headers: &HeaderMap) -> Option<Response> {
     let mut g = s.lock().unwrap();
     let auth_ok = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("OAuth {API_KEY}"));
     let now = Instant::now();
@@ -115,18 +115,18 @@ fn gate(s: &Shared, method: &str, path: &str, headers: &HeaderMap) -> Result<(),
     };
     let code = answer.as_ref().map_or(200, |r| r.status().as_u16());
     g.log.push((method.to_string(), path.to_string(), code));
-    answer.map_or(Ok(()), Err)
+    answer
 }
 
 async fn list(State(s): State<Shared>, Path(page): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(r) = gate(&s, "GET", &format!("/pages/{page}/incidents"), &headers) {
+    if let Some(r) = gate(&s, "GET", &format!("/pages/{page}/incidents"), &headers) {
         return r;
     }
     Json(Value::Array(s.lock().unwrap().incidents.clone())).into_response()
 }
 
 async fn unresolved(State(s): State<Shared>, Path(page): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(r) = gate(&s, "GET", &format!("/pages/{page}/incidents/unresolved"), &headers) {
+    if let Some(r) = gate(&s, "GET", &format!("/pages/{page}/incidents/unresolved"), &headers) {
         return r;
     }
     let v: Vec<Value> = s.lock().unwrap().incidents.iter().filter(|i| i["status"] != "resolved" && i["status"] != "postmortem").cloned().collect();
@@ -134,7 +134,7 @@ async fn unresolved(State(s): State<Shared>, Path(page): Path<String>, headers: 
 }
 
 async fn get_one(State(s): State<Shared>, Path((page, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Err(r) = gate(&s, "GET", &format!("/pages/{page}/incidents/{id}"), &headers) {
+    if let Some(r) = gate(&s, "GET", &format!("/pages/{page}/incidents/{id}"), &headers) {
         return r;
     }
     let g = s.lock().unwrap();
@@ -149,7 +149,7 @@ fn components_of(inc: &Value) -> Vec<(String, String)> {
 }
 
 async fn create(State(s): State<Shared>, Path(page): Path<String>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if let Err(r) = gate(&s, "POST", &format!("/pages/{page}/incidents"), &headers) {
+    if let Some(r) = gate(&s, "POST", &format!("/pages/{page}/incidents"), &headers) {
         return r;
     }
     let inc = &body["incident"];
@@ -166,7 +166,7 @@ async fn create(State(s): State<Shared>, Path(page): Path<String>, headers: Head
 }
 
 async fn patch(State(s): State<Shared>, Path((page, id)): Path<(String, String)>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if let Err(r) = gate(&s, "PATCH", &format!("/pages/{page}/incidents/{id}"), &headers) {
+    if let Some(r) = gate(&s, "PATCH", &format!("/pages/{page}/incidents/{id}"), &headers) {
         return r;
     }
     let inc = &body["incident"];
