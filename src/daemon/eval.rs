@@ -168,7 +168,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let snapshot = core.state.clone();
         let mut out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
         let planner = shared2.planner.read().expect("planner lock").clone();
-        // Drafted updates for suggest_update decisions, stored with the step (issue 12).
+        // Drafted updates for suggest_update decisions, stored with the step.
         let extra = crate::store::Extra { drafts: drafts_for(&mut out, &core, &config2, &planner, now), ..Default::default() };
         let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
         let incidents: Vec<_> = out.incidents.iter().map(|c| &c.incident).collect();

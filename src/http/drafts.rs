@@ -1,4 +1,4 @@
-//! Drafted updates: list them, approve one for publishing (issue 12).
+//! Drafted updates: list them, approve one for publishing.
 //!
 //! `GET /api/v1/incidents/{id}/drafts` lists an incident's drafts with their publication
 //! state. `POST /api/v1/incidents/{id}/drafts/{n}/publish` (token required) approves draft
