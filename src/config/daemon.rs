@@ -16,6 +16,9 @@ use super::rules::{duration_at, err_at, is_identifier, parse_rule_sources};
 use super::yaml::{self, ConfigFile, RawReceiver, RawTicketSource, Spanned};
 use super::{Diagnostic, Diagnostics, RuleSet, SignalSource};
 
+mod integrations;
+pub use integrations::{AlertEvent, AlertMapping, DraftSettings, Integrations, StatusPage, StatusPageKind, STATUSPAGE_API_URL};
+
 /// A lookup of environment variables; tests pass a map instead of mutating the process env.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -45,6 +48,12 @@ pub struct Config {
     pub rules: RuleSet,
     /// This replica's share of the subjects (`shard:`; default: all of them).
     pub shard: crate::shard::Shard,
+    /// Status pages Herald reads (and publishes approved drafts to).
+    pub status_pages: Vec<StatusPage>,
+    /// Inbound integrations (PagerDuty webhooks, Alertmanager).
+    pub integrations: Integrations,
+    /// Drafted-update template overrides.
+    pub drafts: DraftSettings,
 }
 
 /// `console:`: when the console shows the next public update as due.
@@ -425,6 +434,9 @@ impl Validator<'_> {
             self.err(r, format!("retention ({}) must be at least notification.repeat_interval ({}): repeats are timed from the last sent notification", r.value, super::PromDuration(notification.repeat_interval)));
         }
         let maintenance_windows = self.maintenance(&raw.maintenance_windows);
+        let status_pages = self.status_pages(&raw.status_pages);
+        let integrations = self.integrations(&raw.integrations);
+        let drafts = self.drafts(&raw.drafts);
         let api_token = raw.api.token_file.as_ref().and_then(|f| self.read_secret(f));
         if let (Some(f), Some(t)) = (&raw.api.token_file, &api_token) {
             if t.is_empty() {
@@ -520,6 +532,9 @@ impl Validator<'_> {
             rule_files,
             rules: rules?,
             shard,
+            status_pages,
+            integrations,
+            drafts,
         })
     }
 

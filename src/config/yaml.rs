@@ -223,6 +223,12 @@ pub struct ConfigFile {
     /// `shard: {index, total}`: evaluate only this replica's share of the subjects.
     #[serde(default)]
     pub shard: Option<RawShard>,
+    #[serde(default)]
+    pub status_pages: Vec<RawStatusPage>,
+    #[serde(default)]
+    pub integrations: RawIntegrations,
+    #[serde(default)]
+    pub drafts: RawDrafts,
 }
 
 /// `console:` — the web console's update targets.
@@ -415,4 +421,69 @@ pub struct RawApi {
 pub struct RawShard {
     pub index: Spanned<u32>,
     pub total: Spanned<u32>,
+}
+
+// Status pages, inbound integrations and drafted updates
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatusPage {
+    pub name: Spanned<String>,
+    /// `statuspage` (REST API v1) or `statuspage_public` (the page's public JSON).
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub page_id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// Component id → subject labels.
+    #[serde(default)]
+    pub components: BTreeMap<String, Spanned<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntegrations {
+    #[serde(default)]
+    pub pagerduty: Option<RawPagerDutyInbound>,
+    #[serde(default)]
+    pub alertmanager: Vec<RawAlertMapping>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagerDutyInbound {
+    #[serde(default)]
+    pub webhook_secret: Option<Spanned<String>>,
+    #[serde(default)]
+    pub webhook_secret_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertMapping {
+    /// Alertmanager-style label matchers; all must match.
+    pub matchers: Vec<Spanned<String>>,
+    /// Alert labels that form the subject (default `[service]`).
+    #[serde(default)]
+    pub subject: Option<Vec<Spanned<String>>>,
+    /// The incident event a firing alert applies (`security`, `internal_only`, `legal_requested`).
+    #[serde(default)]
+    pub event: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrafts {
+    /// A directory of minijinja templates that override the built-in ones by file name.
+    #[serde(default)]
+    pub templates_dir: Option<Spanned<String>>,
 }
