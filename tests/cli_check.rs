@@ -42,6 +42,35 @@ fixture!(unknown_key);
 fixture!(duplicate_key);
 fixture!(wrong_type);
 fixture!(many_errors);
+fixture!(every_mistake);
+fixture!(promql_columns);
+
+/// Schema errors (unknown keys, wrong types, missing fields) and semantic errors are reported
+/// together, each at its own place: at least seven independent mistakes of different kinds.
+#[test]
+fn every_mistake_is_reported_in_one_run() {
+    let out = herald().args(["check", "tests/fixtures/check/every_mistake.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = |loc: &str, text: &str| {
+        let line = err.lines().find(|l| l.starts_with(&format!("tests/fixtures/check/every_mistake.yaml:{loc}: ")));
+        assert!(line.is_some_and(|l| l.contains(text)), "no {text:?} at {loc} in:\n{err}");
+    };
+    at("4:15", "invalid duration \"30 seconds\"");
+    at("7:39", "unclosed left parenthesis");
+    at("8:27", "expected a number, found the string \"high\"");
+    at("9:17", "unknown field `qurey`, did you mean `query`?");
+    at("12:21", "unknown signal or variable `objectiv`");
+    at("14:9", "unknown field `keep_firing_fro`, did you mean `keep_firing_for`?");
+    at("15:17", "unknown action \"page_everyone\"");
+    at("16:17", "expected a list, found the string \"pager\"");
+    at("17:9", "missing field `when`");
+    at("22:17", "expected a mapping, found a list");
+    at("24:20", "`subjct` is undefined");
+    at("26:5", "unknown field `colour`, expected one of name, interval, subject, signals, rules");
+    // A pruned value does not also produce "needs exactly one of" for its signal.
+    assert!(!err.contains("needs exactly one of"), "{err}");
+}
 
 #[test]
 fn config_errors_are_all_reported_with_locations() {

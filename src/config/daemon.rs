@@ -245,14 +245,15 @@ pub fn load_config(path: &Path, env: Env<'_>) -> Result<(Config, Diagnostics), D
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Diagnostics(vec![Diagnostic::error(&shown, 0, 0, format!("cannot read config file: {e}"))]))?;
-    let raw: ConfigFile = yaml::parse(&shown, &text).map_err(|d| Diagnostics(vec![d]))?;
+    let mut parsed = yaml::parse::<ConfigFile>(&shown, &text)?;
+    let raw = std::mem::take(&mut parsed.value);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut v = Validator { path: &shown, base: &base, env, diags: Diagnostics::default() };
     let cfg = v.config(raw, path);
-    if v.diags.has_errors() {
-        Err(v.diags)
-    } else {
-        Ok((cfg.expect("no errors means a config"), v.diags))
+    let diags = parsed.finish(v.diags);
+    match cfg {
+        Some(cfg) if !diags.has_errors() => Ok((cfg, diags)),
+        _ => Err(diags),
     }
 }
 
@@ -562,8 +563,8 @@ impl Validator<'_> {
             let kind = match t.kind.value.as_str() {
                 "prometheus" => {
                     let Some(q) = need(self, &t.query, "query") else { continue };
-                    if let Err(e) = promql_parser::parser::parse(&q.value) {
-                        self.err(&q, format!("invalid PromQL: {}", e.trim()));
+                    if let Some(d) = super::rules::promql_error(self.path, &q, "invalid PromQL") {
+                        self.diags.push(d);
                     }
                     TicketKind::Prometheus { query: q.value }
                 }

@@ -71,7 +71,8 @@ pub fn run_file(path: &Path) -> Result<Vec<TestOutcome>, FileError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| FileError::Unreadable(Diagnostics(vec![Diagnostic::error(&shown, 0, 0, format!("cannot read test file: {e}"))])))?;
-    let file: TestFile = yaml::parse(&shown, &text).map_err(|d| FileError::Invalid(Diagnostics(vec![d])))?;
+    let parsed = yaml::parse::<TestFile>(&shown, &text).map_err(FileError::Invalid)?;
+    let file = &parsed.value;
     let mut diags = Diagnostics::default();
 
     let base = path.parent().unwrap_or(Path::new("."));
@@ -83,12 +84,14 @@ pub fn run_file(path: &Path) -> Result<Vec<TestOutcome>, FileError> {
             Err(e) => diags.push(err_at(&shown, rf, e)),
         }
     }
+    let schema_errors = parsed.has_errors();
     if diags.has_errors() {
-        return Err(FileError::Unreadable(diags));
+        let all = parsed.finish(diags);
+        return Err(if schema_errors { FileError::Invalid(all) } else { FileError::Unreadable(all) });
     }
     let rules = match load_rule_files(&rule_paths) {
         Ok((r, _)) => r,
-        Err(d) => return Err(FileError::Invalid(d)),
+        Err(d) => return Err(FileError::Invalid(parsed.finish(d))),
     };
     let default_interval = match &file.evaluation_interval {
         Some(s) => duration_at(&shown, s, &mut diags).unwrap_or(Duration::from_secs(60)),
@@ -100,6 +103,7 @@ pub fn run_file(path: &Path) -> Result<Vec<TestOutcome>, FileError> {
             prepared.push(p);
         }
     }
+    let diags = parsed.finish(diags);
     if diags.has_errors() {
         return Err(FileError::Invalid(diags));
     }
