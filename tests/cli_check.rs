@@ -127,3 +127,21 @@ fn interpolated_variables_are_read_from_the_environment() {
     let out = run(&[("HOOK_URL", "http://127.0.0.1:1/hook"), ("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_webhook_url_written_in_the_file_is_warned_about_like_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), "groups:\n  - name: g\n    rules:\n      - {name: R, when: 'now > 0', action: notify, notify: [hook, chat]}\n").unwrap();
+    std::fs::write(dir.path().join("chat.url"), "https://hooks.slack.example/T000/B000/XXXX\n").unwrap();
+    let cfg = dir.path().join("herald.yaml");
+    std::fs::write(
+        &cfg,
+        "receivers:\n  - name: hook\n    type: webhook\n    url: https://hooks.example/abc123\n    secret_file: chat.url\n  - name: chat\n    type: slack\n    url_file: chat.url\nrule_files: [r.yaml]\n",
+    )
+    .unwrap();
+    let out = herald().args(["check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("herald.yaml:4:10: warning: url is written in the file; a webhook URL is a secret"), "{err}");
+    assert_eq!(err.matches("warning: url is written").count(), 1, "url_file is not warned about: {err}");
+}

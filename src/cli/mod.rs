@@ -4,6 +4,7 @@
 
 mod check;
 mod live_source;
+mod logging;
 mod run;
 mod test;
 
@@ -40,6 +41,12 @@ pub struct RunArgs {
     /// Evaluate and record everything as live, but call no receiver.
     #[arg(long)]
     pub dry_run: bool,
+    /// Log line format: logfmt (`ts=… level=info msg="…"`) or json; one line per event.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    pub log_format: logging::LogFormat,
+    /// Lowest level logged. RUST_LOG, when set, overrides it with a per-module filter.
+    #[arg(long = "log.level", value_enum, default_value = "info")]
+    pub log_level: logging::LogLevel,
 }
 
 /// `herald check`.

@@ -632,7 +632,13 @@ impl Validator<'_> {
             }
             let url = |v: &mut Self| -> Option<String> {
                 match (&r.url, &r.url_file) {
-                    (Some(u), None) => Some(v.url(u)),
+                    (Some(u), None) => {
+                        // Webhook URLs carry their own credential (anyone holding one can post).
+                        if !u.value.contains("${") {
+                            v.warn(u, "url is written in the file; a webhook URL is a secret: use ${ENV_VAR} or url_file to keep it out of YAML");
+                        }
+                        Some(v.url(u))
+                    }
                     (None, Some(f)) => v.read_secret(f),
                     (Some(u), Some(_)) => {
                         v.err(u, "give url or url_file, not both");

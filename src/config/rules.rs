@@ -23,6 +23,30 @@ pub struct RuleSet {
     pub groups: Vec<Group>,
 }
 
+impl RuleSet {
+    /// Checks that `labels` name exactly the subject labels of some group, so an incident
+    /// declared with them is one the rules can see (`{team: …}` when every group keys on
+    /// `service` would open an incident no rule ever evaluates). The error lists the groups.
+    pub fn check_subject<'a>(&self, labels: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+        let mut given: Vec<&str> = labels.into_iter().map(String::as_str).collect();
+        given.sort_unstable();
+        let matches = |g: &Group| {
+            let mut want: Vec<&str> = g.subject_labels.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            want == given
+        };
+        if self.groups.iter().any(matches) {
+            return Ok(());
+        }
+        let groups: Vec<String> = self.groups.iter().map(|g| format!("{} [{}]", g.name, g.subject_labels.join(", "))).collect();
+        Err(format!(
+            "subject labels [{}] match no group's `subject` (groups: {}); the rules would never see this incident",
+            given.join(", "),
+            if groups.is_empty() { "none".to_string() } else { groups.join("; ") }
+        ))
+    }
+}
+
 /// A place in a file, for messages about a rule after loading.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {

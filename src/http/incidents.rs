@@ -130,6 +130,7 @@ pub(super) async fn declare(State(shared): State<Arc<Shared>>, _auth: Authorized
     if b.subject.is_empty() {
         return Err(ApiError::bad_request("subject must name at least one label, e.g. {\"service\": \"checkout\"}"));
     }
+    shared.config().rules.check_subject(b.subject.keys()).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let subject = Subject::new(b.subject);
     let event = Event::Declare { severity: b.severity, security: b.security };
     let inc = blocking(move || apply_and_commit(&shared, Target::Subject(&subject), &event)).await?;
