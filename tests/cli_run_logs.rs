@@ -9,9 +9,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::{free_port, try_request};
+use herald::{free_port, try_request, TOKEN};
 
 struct Run {
+    port: u16,
     child: Child,
     log: std::path::PathBuf,
 }
@@ -36,17 +37,28 @@ impl Run {
     }
 }
 
+const RULES: &str = "groups:\n  - name: comms\n    subject: [service]\n    signals:\n      objective: { value: 0.999 }\n    rules:\n      - {name: R, when: 'objective < 0', action: notify, notify: [log]}\n";
+
 /// Starts herald with `args`, waits until ready, then breaks the rule file (two errors) and
 /// sends SIGHUP, and waits until the refused reload is logged.
 fn run_and_refuse_a_reload(dir: &Path, args: &[&str], rust_log: Option<&str>) -> Run {
+    let run = start(dir, RULES, args, rust_log);
+    std::fs::write(dir.join("rules.yaml"), RULES.replace("action: notify", "action: page").replace("objective < 0", "objectiv < 0")).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &run.child.id().to_string()]).status().unwrap().success());
+    run.wait_for("reload refused");
+    run
+}
+
+/// Starts herald on `rules` with `args` and waits until it is ready.
+fn start(dir: &Path, rules: &str, args: &[&str], rust_log: Option<&str>) -> Run {
     let port = free_port();
     std::fs::write(
         dir.join("herald.yaml"),
-        format!("global:\n  evaluation_interval: 1s\n  listen: 127.0.0.1:{port}\n  state_dir: state\nreceivers:\n  - {{name: log, type: log}}\nrule_files: [rules.yaml]\n"),
+        format!("global:\n  evaluation_interval: 1s\n  listen: 127.0.0.1:{port}\n  state_dir: state\napi:\n  token_file: token\nreceivers:\n  - {{name: log, type: log}}\nrule_files: [rules.yaml]\n"),
     )
     .unwrap();
-    let rules = "groups:\n  - name: comms\n    subject: [service]\n    signals:\n      objective: { value: 0.999 }\n    rules:\n      - {name: R, when: 'objective < 0', action: notify, notify: [log]}\n";
     std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
     let log = dir.join(format!("herald-{}.log", args.join("_").replace(['/', '='], "-")));
     let out = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -55,15 +67,12 @@ fn run_and_refuse_a_reload(dir: &Path, args: &[&str], rust_log: Option<&str>) ->
         cmd.env("RUST_LOG", v);
     }
     let child = cmd.stdout(Stdio::from(out.try_clone().unwrap())).stderr(Stdio::from(out)).spawn().unwrap();
-    let run = Run { child, log };
+    let run = Run { port, child, log };
     let deadline = Instant::now() + Duration::from_secs(30);
     while try_request(port, "GET", "/-/ready", None, None).map(|r| r.status).ok() != Some(200) {
         assert!(Instant::now() < deadline, "not ready:\n{}", run.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::fs::write(dir.join("rules.yaml"), rules.replace("action: notify", "action: page").replace("objective < 0", "objectiv < 0")).unwrap();
-    assert!(Command::new("kill").args(["-HUP", &run.child.id().to_string()]).status().unwrap().success());
-    run.wait_for("reload refused");
     run
 }
 
@@ -112,4 +121,21 @@ fn rust_log_overrides_the_level() {
     let dir = tempfile::tempdir().unwrap();
     let run = run_and_refuse_a_reload(dir.path(), &["--log.level=error"], Some("info"));
     assert!(run.log().contains("msg=\"state loaded\""), "{}", run.log());
+}
+
+#[test]
+fn a_dry_run_logs_the_rendered_title_and_text_of_each_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = RULES.replace(
+        "{name: R, when: 'objective < 0', action: notify, notify: [log]}",
+        "{name: IncidentOpen, when: 'incident.open', action: notify, notify: [log], annotations: {summary: 'objective is {{ objective | percent }}'}}",
+    );
+    let run = start(dir.path(), &rules, &["--dry-run"], None);
+    let declare = r#"{"subject": {"service": "checkout"}, "severity": "critical"}"#;
+    assert_eq!(try_request(run.port, "POST", "/api/v1/incidents", Some(TOKEN), Some(declare)).unwrap().status, 201);
+    run.wait_for("dry run: recorded instead of sending");
+    let log = run.log();
+    let line = log.lines().find(|l| l.contains("dry run: recorded")).unwrap();
+    assert!(line.contains("receiver=log") && line.contains("title=") && line.contains("IncidentOpen"), "{line}");
+    assert!(line.contains("objective is 99.9%"), "the rendered text is logged: {line}");
 }
