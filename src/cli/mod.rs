@@ -1,5 +1,5 @@
 //! The command line: raw arguments (clap) → validated inputs → one library call per command.
-//! Exit codes (spec §2): 0 success, 1 a check or test failed, 2 bad usage or unreadable input.
+//! Exit codes: 0 success, 1 a check or test failed, 2 bad usage or unreadable input.
 //! This is the only layer that prints for the user and the only one using `anyhow`.
 
 mod check;
@@ -62,7 +62,7 @@ pub struct CheckArgs {
 /// `herald test`.
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// Test files (spec §5).
+    /// Test files: each names rule files and lists tests (synthetic series, incident events, expected firing rules).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Only run tests whose name matches this regex.
