@@ -145,3 +145,15 @@ fn a_webhook_url_written_in_the_file_is_warned_about_like_a_secret() {
     assert!(err.contains("herald.yaml:4:10: warning: url is written in the file; a webhook URL is a secret"), "{err}");
     assert_eq!(err.matches("warning: url is written").count(), 1, "url_file is not warned about: {err}");
 }
+
+#[test]
+fn an_empty_or_comment_only_file_is_reported_as_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [("empty.yaml", ""), ("comments.yaml", "# nothing yet\n")] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = herald().arg("check").arg(&p).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with(&format!("{}:1:1: file is empty\n", p.display())), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}

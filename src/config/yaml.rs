@@ -95,6 +95,9 @@ pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<Parsed<T>, D
         }
         Diagnostics(vec![Diagnostic::error(path, line, col, msg)])
     })?;
+    if root.is_null() {
+        return Err(Diagnostics(vec![Diagnostic::error(path, 1, 1, "file is empty")]));
+    }
     let nodes = root.number(0);
     let mut walk = tree::Walk {
         path,

@@ -143,6 +143,11 @@ impl Node {
         self.id
     }
 
+    /// True for an empty document (or one holding only comments or `null`).
+    pub(super) fn is_null(&self) -> bool {
+        matches!(self.kind, Kind::Null)
+    }
+
     /// The source text of a plain scalar (what a number or boolean was written as).
     fn raw<'t>(&self, text: &'t str) -> &'t str {
         text.get(self.offset..self.offset + self.len).unwrap_or("").trim()
