@@ -1,16 +1,20 @@
 //! The raw file formats, exactly as written, and the one place that parses YAML.
 //!
-//! Every struct refuses unknown keys; values we validate later are [`Spanned`] so errors can
-//! point at them. Polymorphic sections (receivers, ticket sources) are flat structs with a
+//! These structs are the schema: [`parse`] reads a file into a located tree and deserializes
+//! them from it, reporting every unknown key (their `fields`), wrong type and missing field,
+//! not just the first (see `yaml/tree.rs`). Values we validate later are [`Spanned`] so errors
+//! can point at them. Polymorphic sections (receivers, ticket sources) are flat structs with a
 //! `type` field checked after parsing, because serde-saphyr loses spans inside tagged enums.
 //! Nothing outside this module imports `serde_saphyr`; swapping the YAML crate is a one-file change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::Diagnostic;
+use super::{Diagnostic, Diagnostics};
+
+mod tree;
 
 /// A value with the line and column it was written at.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,15 +28,61 @@ pub struct Spanned<T> {
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
-        let source_len = s.referenced.span().byte_len().unwrap_or(s.referenced.span().len());
-        Ok(Spanned { value: s.value, line: s.referenced.line(), col: s.referenced.column(), source_len })
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Spanned<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a located value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Spanned<T>, A::Error> {
+                let missing = || serde::de::Error::custom("incomplete location");
+                let line = a.next_element()?.ok_or_else(missing)?;
+                let col = a.next_element()?.ok_or_else(missing)?;
+                let source_len = a.next_element()?.ok_or_else(missing)?;
+                let value = a.next_element()?.ok_or_else(missing)?;
+                Ok(Spanned { value, line, col, source_len })
+            }
+        }
+        d.deserialize_struct(tree::SPANNED, &["line", "col", "source_len", "value"], V(std::marker::PhantomData))
     }
 }
 
-/// Parses one YAML document into `T`, turning a parse error into a located diagnostic.
-pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<T, Diagnostic> {
-    serde_saphyr::from_str(text).map_err(|e| {
+/// A file parsed as far as its mistakes allow: the value built from every part that was valid,
+/// and the schema errors found on the way (all of them, not just the first).
+#[derive(Debug)]
+pub struct Parsed<T> {
+    pub value: T,
+    path: String,
+    errors: Diagnostics,
+    /// (line, col) of objects that lost a broken value: later errors about them are follow-ons.
+    damaged: HashSet<(u64, u64)>,
+}
+
+impl<T> Parsed<T> {
+    /// True when the file had schema errors.
+    pub fn has_errors(&self) -> bool {
+        self.errors.has_errors()
+    }
+
+    /// The schema errors, followed by `later` (the semantic checks of [`Parsed::value`]),
+    /// minus the later errors about objects already reported as broken.
+    pub fn finish(self, later: Diagnostics) -> Diagnostics {
+        let mut all = self.errors;
+        for d in later.0 {
+            if !(d.is_error() && d.path == self.path && self.damaged.contains(&(d.line, d.col))) {
+                all.push(d);
+            }
+        }
+        all
+    }
+}
+
+/// Parses one YAML document into `T`, reporting every schema error with its location.
+///
+/// Syntax errors (which leave no tree) and a document whose top level is unusable are `Err`.
+/// Otherwise `T` is built from the valid parts and the errors ride along in [`Parsed`].
+pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<Parsed<T>, Diagnostics> {
+    let mut root: tree::Node = serde_saphyr::from_str(text).map_err(|e| {
         let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         let mut msg = e.without_snippet().to_string();
         // serde-saphyr appends the location in prose; we print it as path:line:col instead.
@@ -43,8 +93,41 @@ pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<T, Diagnosti
         if text.trim().is_empty() {
             msg = "file is empty".into();
         }
-        Diagnostic::error(path, line, col, msg)
-    })
+        Diagnostics(vec![Diagnostic::error(path, line, col, msg)])
+    })?;
+    if root.is_null() {
+        return Err(Diagnostics(vec![Diagnostic::error(path, 1, 1, "file is empty")]));
+    }
+    let nodes = root.number(0);
+    let mut walk = tree::Walk {
+        path,
+        text,
+        pruned: HashSet::new(),
+        diags: Default::default(),
+        damaged: Default::default(),
+    };
+    // Each failed walk prunes one broken node, so this ends within `nodes` walks.
+    for _ in 0..=nodes {
+        match T::deserialize(tree::De { node: &root, walk: &walk }) {
+            Ok(value) => {
+                return Ok(Parsed {
+                    value,
+                    path: path.to_string(),
+                    errors: Diagnostics(walk.diags.into_inner()),
+                    damaged: walk.damaged.into_inner(),
+                })
+            }
+            Err(tree::Error::Reported(id)) if id != root.id() && walk.pruned.insert(id) => {}
+            Err(e) => {
+                let mut diags = walk.diags.into_inner();
+                if diags.is_empty() {
+                    diags.push(Diagnostic::error(path, 1, 1, e.to_string()));
+                }
+                return Err(Diagnostics(diags));
+            }
+        }
+    }
+    unreachable!("every failed walk prunes a node")
 }
 
 // ---------------------------------------------------------------------------------------------
