@@ -21,6 +21,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::engine::{Event, EventNote, Incident, Instance, Phase, State, Subject, TimelineEntry, Ts};
 
+mod integrations;
+pub use integrations::{Extra, Link, Mark, PublicationRow, Seen};
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -197,7 +200,9 @@ CREATE INDEX samples_incident ON samples (incident_id, at);
 CREATE INDEX outbox_subject ON outbox (subject, receiver, state, created_at);
 CREATE INDEX outbox_instance ON outbox (rule, subject, receiver, created_at);
 CREATE INDEX incidents_resolved ON incidents (resolved_at);
-"#];
+"#,
+// integrations: seen keys, status-page links, drafts, publications.
+integrations::MIGRATION];
 
 /// The outbox states that never change again: retention prunes them.
 const FINISHED: [OutboxState; 4] = [OutboxState::Sent, OutboxState::Failed, OutboxState::Suppressed, OutboxState::DryRun];

@@ -54,6 +54,8 @@ fn a_wrong_expectation_fails_with_a_readable_diff() {
               (none)
             missing (expected to fire, did not):
               ActivateCommsLead{service="checkout"}
+            rule states:
+              ActivateCommsLead{service="checkout"}: pending since 0s (`for: 5m` needs it true until 5m, 1m more)
         at 6m:
             expected firing:
               (none)
@@ -61,6 +63,8 @@ fn a_wrong_expectation_fails_with_a_readable_diff() {
               ActivateCommsLead{service="checkout"}
             unexpected (fired, should not):
               ActivateCommsLead{service="checkout"}
+            rule states:
+              ActivateCommsLead{service="checkout"}: firing since 5m (pending since 0s)
 0 passed, 1 failed
 "#;
     assert!(stdout.ends_with(expected), "{stdout}");
@@ -153,4 +157,35 @@ fn explain_shows_signals_clauses_and_for_progress() {
     let out = herald().args(["test", "--explain", "NoSuchRule", "tests/rules/activate.yaml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--explain: no rule named \"NoSuchRule\""));
+}
+
+#[test]
+fn a_run_filter_that_matches_no_test_fails() {
+    let out = herald().args(["test", "--run", "no such test", "tests/rules/activate.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--run \"no such test\" matches no test"), "{err}");
+}
+
+#[test]
+fn schema_errors_in_a_test_file_are_all_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.yaml");
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/comms-lead.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "rule_files: [{}]\nevaluation_intervl: 1m\ntests:\n  - name: a\n    interval: [1m]\n    expect:\n      - at: 1m\n        firing: [{{rule: X, subjet: {{}}}}]\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = herald().arg("test").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shown = p.display().to_string();
+    assert!(err.contains(&format!("{shown}:2:1: unknown field `evaluation_intervl`, did you mean `evaluation_interval`?")), "{err}");
+    assert!(err.contains(&format!("{shown}:5:15: expected a string, found a list")), "{err}");
+    assert!(err.contains(&format!("{shown}:8:28: unknown field `subjet`, did you mean `subject`?")), "{err}");
+    assert!(err.contains(&format!("{shown}:8:25: unknown rule \"X\"")), "{err}");
 }

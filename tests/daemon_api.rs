@@ -111,6 +111,12 @@ fn incidents_events_auth_and_comms_metrics() {
     let r = d.post("/api/v1/incidents", declare);
     assert_eq!(r.status, 409, "one open incident per subject: {r:?}");
     assert!(r.json()["error"].as_str().unwrap().contains("INC-1"));
+    // Labels that match no group's `subject` would open an incident no rule can see.
+    let r = d.post("/api/v1/incidents", r#"{"subject": {"team": "payments"}, "severity": "critical"}"#);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("subject labels [team] match no group's `subject` (groups: comms [service])"), "{}", r.body);
+    let r = d.post("/api/v1/incidents", r#"{"subject": {"service": "checkout", "region": "eu"}, "severity": "critical"}"#);
+    assert_eq!(r.status, 422, "{}", r.body);
     let r = d.post("/api/v1/incidents", r#"{"subject": {"service": "x"}, "severity": "fatal"}"#);
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.json()["error"].as_str().unwrap().contains("critical, warning, info"), "{r:?}");

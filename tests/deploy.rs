@@ -30,7 +30,9 @@ fn read(rel: &str) -> String {
 
 /// Parses one YAML document with Herald's own YAML reader.
 fn yaml(rel: &str) -> Value {
-    herald::config::yaml::parse::<Value>(rel, &read(rel)).unwrap_or_else(|d| panic!("{d}"))
+    let parsed = herald::config::yaml::parse::<Value>(rel, &read(rel)).unwrap_or_else(|d| panic!("{d}"));
+    assert!(!parsed.has_errors(), "{rel} has schema errors");
+    parsed.value
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {

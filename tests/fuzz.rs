@@ -264,7 +264,8 @@ proptest! {
         let seeds = test_seeds();
         let text = mutate(&seeds[seed.index(seeds.len())], &mutations);
         match yaml::parse::<TestFile>("fuzz.yaml", &text) {
-            Ok(file) => {
+            Ok(parsed) => {
+                let file = &parsed.value;
                 if let Some(d) = &file.evaluation_interval {
                     let _ = d.value.parse::<PromDuration>();
                 }

@@ -1,9 +1,10 @@
 //! The command line: raw arguments (clap) → validated inputs → one library call per command.
-//! Exit codes (spec §2): 0 success, 1 a check or test failed, 2 bad usage or unreadable input.
+//! Exit codes: 0 success, 1 a check or test failed, 2 bad usage or unreadable input.
 //! This is the only layer that prints for the user and the only one using `anyhow`.
 
 mod check;
 mod live_source;
+mod logging;
 mod run;
 mod test;
 
@@ -45,6 +46,12 @@ pub struct RunArgs {
     /// start with an empty state instead of refusing to start. A healthy database is kept.
     #[arg(long)]
     pub fresh_state: bool,
+    /// Log line format: logfmt (`ts=… level=info msg="…"`) or json; one line per event.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    pub log_format: logging::LogFormat,
+    /// Lowest level logged. RUST_LOG, when set, overrides it with a per-module filter.
+    #[arg(long = "log.level", value_enum, default_value = "info")]
+    pub log_level: logging::LogLevel,
 }
 
 /// `herald check`.
@@ -60,7 +67,7 @@ pub struct CheckArgs {
 /// `herald test`.
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// Test files (rule unit tests, see the README).
+    /// Test files: each names rule files and lists tests (synthetic series, incident events, expected firing rules).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Only run tests whose name matches this regex.

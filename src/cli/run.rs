@@ -29,7 +29,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(super::check::exit_code(&diags)));
         }
     };
-    init_tracing();
+    super::logging::init(args.log_format, args.log_level);
     // One async worker is plenty: evaluation is a handful of queries per interval and the
     // engine step runs on the blocking pool. Fewer threads also means fewer malloc arenas
     // holding on to freed memory (see README § Performance).
@@ -40,12 +40,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(run_async(config, args.dry_run, args.fresh_state))
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second initialisation (never in the binary) is harmless.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init();
 }
 
 async fn run_async(config: config::Config, dry_run: bool, fresh_state: bool) -> anyhow::Result<ExitCode> {

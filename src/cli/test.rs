@@ -10,11 +10,12 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         Some(r) => Some(regex::Regex::new(r).map_err(|e| anyhow::anyhow!("invalid --run regex: {e}"))?),
         None => None,
     };
-    let (mut passed, mut failed, mut worst) = (0usize, 0usize, 0u8);
+    let (mut passed, mut failed, mut worst, mut ran_files) = (0usize, 0usize, 0u8, 0usize);
     let options = RunOptions { explain: args.explain.clone() };
     for path in &args.files {
         match run_file_with(path, &options) {
             Ok(outcomes) => {
+                ran_files += 1;
                 println!("{}:", path.display());
                 for o in outcomes.iter().filter(|o| filter.as_ref().is_none_or(|f| f.is_match(&o.name))) {
                     if !o.explanations.is_empty() {
@@ -52,5 +53,10 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{passed} passed, {failed} failed");
+    // A typo in --run must not pass CI by running nothing.
+    if let (Some(r), true) = (&args.run, ran_files > 0 && passed + failed == 0) {
+        eprintln!("herald test: --run {r:?} matches no test");
+        worst = worst.max(EXIT_FAILED);
+    }
     Ok(ExitCode::from(worst))
 }

@@ -16,6 +16,9 @@ use super::rules::{duration_at, err_at, is_identifier, parse_rule_sources};
 use super::yaml::{self, ConfigFile, RawReceiver, RawTicketSource, Spanned};
 use super::{Diagnostic, Diagnostics, RuleSet, SignalSource};
 
+mod integrations;
+pub use integrations::{AlertEvent, AlertMapping, DraftSettings, Integrations, StatusPage, StatusPageKind, STATUSPAGE_API_URL};
+
 /// A lookup of environment variables; tests pass a map instead of mutating the process env.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -45,6 +48,12 @@ pub struct Config {
     pub rules: RuleSet,
     /// This replica's share of the subjects (`shard:`; default: all of them).
     pub shard: crate::shard::Shard,
+    /// Status pages Herald reads (and publishes approved drafts to).
+    pub status_pages: Vec<StatusPage>,
+    /// Inbound integrations (PagerDuty webhooks, Alertmanager).
+    pub integrations: Integrations,
+    /// Drafted-update template overrides.
+    pub drafts: DraftSettings,
 }
 
 /// `console:`: when the console shows the next public update as due.
@@ -270,14 +279,15 @@ pub fn load_config(path: &Path, env: Env<'_>) -> Result<(Config, Diagnostics), D
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Diagnostics(vec![Diagnostic::error(&shown, 0, 0, format!("cannot read config file: {e}"))]))?;
-    let raw: ConfigFile = yaml::parse(&shown, &text).map_err(|d| Diagnostics(vec![d]))?;
+    let mut parsed = yaml::parse::<ConfigFile>(&shown, &text)?;
+    let raw = std::mem::take(&mut parsed.value);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut v = Validator { path: &shown, base: &base, env, diags: Diagnostics::default() };
     let cfg = v.config(raw, path);
-    if v.diags.has_errors() {
-        Err(v.diags)
-    } else {
-        Ok((cfg.expect("no errors means a config"), v.diags))
+    let diags = parsed.finish(v.diags);
+    match cfg {
+        Some(cfg) if !diags.has_errors() => Ok((cfg, diags)),
+        _ => Err(diags),
     }
 }
 
@@ -425,6 +435,9 @@ impl Validator<'_> {
             self.err(r, format!("retention ({}) must be at least notification.repeat_interval ({}): repeats are timed from the last sent notification", r.value, super::PromDuration(notification.repeat_interval)));
         }
         let maintenance_windows = self.maintenance(&raw.maintenance_windows);
+        let status_pages = self.status_pages(&raw.status_pages);
+        let integrations = self.integrations(&raw.integrations);
+        let drafts = self.drafts(&raw.drafts);
         let api_token = raw.api.token_file.as_ref().and_then(|f| self.read_secret(f));
         if let (Some(f), Some(t)) = (&raw.api.token_file, &api_token) {
             if t.is_empty() {
@@ -520,6 +533,9 @@ impl Validator<'_> {
             rule_files,
             rules: rules?,
             shard,
+            status_pages,
+            integrations,
+            drafts,
         })
     }
 
@@ -643,8 +659,8 @@ impl Validator<'_> {
             let kind = match t.kind.value.as_str() {
                 "prometheus" => {
                     let Some(q) = need(self, &t.query, "query") else { continue };
-                    if let Err(e) = promql_parser::parser::parse(&q.value) {
-                        self.err(&q, format!("invalid PromQL: {}", e.trim()));
+                    if let Some(d) = super::rules::promql_error(self.path, &q, "invalid PromQL") {
+                        self.diags.push(d);
                     }
                     TicketKind::Prometheus { query: q.value }
                 }
@@ -712,7 +728,13 @@ impl Validator<'_> {
             }
             let url = |v: &mut Self| -> Option<String> {
                 match (&r.url, &r.url_file) {
-                    (Some(u), None) => Some(v.url(u)),
+                    (Some(u), None) => {
+                        // Webhook URLs carry their own credential (anyone holding one can post).
+                        if !u.value.contains("${") {
+                            v.warn(u, "url is written in the file; a webhook URL is a secret: use ${ENV_VAR} or url_file to keep it out of YAML");
+                        }
+                        Some(v.url(u))
+                    }
                     (None, Some(f)) => v.read_secret(f),
                     (Some(u), Some(_)) => {
                         v.err(u, "give url or url_file, not both");

@@ -27,6 +27,30 @@ pub struct RuleSet {
     pub groups: Vec<Group>,
 }
 
+impl RuleSet {
+    /// Checks that `labels` name exactly the subject labels of some group, so an incident
+    /// declared with them is one the rules can see (`{team: …}` when every group keys on
+    /// `service` would open an incident no rule ever evaluates). The error lists the groups.
+    pub fn check_subject<'a>(&self, labels: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+        let mut given: Vec<&str> = labels.into_iter().map(String::as_str).collect();
+        given.sort_unstable();
+        let matches = |g: &Group| {
+            let mut want: Vec<&str> = g.subject_labels.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            want == given
+        };
+        if self.groups.iter().any(matches) {
+            return Ok(());
+        }
+        let groups: Vec<String> = self.groups.iter().map(|g| format!("{} [{}]", g.name, g.subject_labels.join(", "))).collect();
+        Err(format!(
+            "subject labels [{}] match no group's `subject` (groups: {}); the rules would never see this incident",
+            given.join(", "),
+            if groups.is_empty() { "none".to_string() } else { groups.join("; ") }
+        ))
+    }
+}
+
 /// A place in a file, for messages about a rule after loading.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
@@ -210,18 +234,20 @@ pub fn parse_rule_sources(sources: &[(String, String)]) -> Result<(RuleSet, Diag
     let mut rule_names: HashMap<String, Location> = HashMap::new();
     let mut group_names: HashMap<String, Location> = HashMap::new();
     for (shown, text) in sources {
-        let file: RuleFile = match yaml::parse(shown, text) {
+        let mut parsed = match yaml::parse::<RuleFile>(shown, text) {
             Ok(f) => f,
             Err(d) => {
-                diags.push(d);
+                diags.extend(d);
                 continue;
             }
         };
-        for raw in file.groups {
-            if let Some(g) = validate_group(shown, raw, &mut diags, &mut rule_names, &mut group_names) {
+        let mut found = Diagnostics::default();
+        for raw in std::mem::take(&mut parsed.value.groups) {
+            if let Some(g) = validate_group(shown, raw, &mut found, &mut rule_names, &mut group_names) {
                 set.groups.push(g);
             }
         }
+        diags.extend(parsed.finish(found));
     }
     if diags.has_errors() {
         Err(diags)
@@ -236,6 +262,63 @@ pub(crate) fn loc<T>(path: &str, s: &Spanned<T>) -> Location {
 
 pub(crate) fn err_at<T>(path: &str, s: &Spanned<T>, msg: impl Into<String>) -> Diagnostic {
     Diagnostic::error(path, s.line, s.col, msg)
+}
+
+/// Parses a PromQL query; on error, a diagnostic pointing at the offending column inside the
+/// query (when the query is written on one line), not at its start.
+pub(crate) fn promql_error(path: &str, q: &Spanned<String>, what: &str) -> Option<Diagnostic> {
+    let e = promql_parser::parser::parse(&q.value).err()?;
+    let e = e.trim();
+    let mut d = err_at(path, q, format!("{what}: {e}"));
+    let text = &q.value;
+    let len = text.len() as u64;
+    // Only a one-line plain or quoted scalar maps query offsets to file columns.
+    let opening = match q.source_len {
+        n if n == len => Some(0),
+        n if n == len + 2 => Some(1),
+        _ => None,
+    };
+    if let (Some(opening), false) = (opening, text.contains('\n')) {
+        if let Some(offset) = promql_error_offset(text, e) {
+            d.col = q.col + opening + text[..offset].chars().count() as u64;
+        }
+    }
+    Some(d)
+}
+
+/// Where in `query` the parse error `msg` is: the unclosed parenthesis, or the first character
+/// at which a prefix of the query fails with the same message (the lexer and parser read left
+/// to right, so that is the character they stopped at).
+fn promql_error_offset(query: &str, msg: &str) -> Option<usize> {
+    if msg == "unclosed left parenthesis" {
+        let mut open = Vec::new();
+        let mut quote = None;
+        for (i, c) in query.char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'' | '`') => quote = Some(c),
+                (None, '(') => open.push(i),
+                (None, ')') => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+        return open.first().copied();
+    }
+    // The parser's catch-all message names no token: a shorter prefix failing with it proves
+    // nothing, so only the start of the query is known.
+    if query.len() > 2048 || msg == "invalid promql query" {
+        return None;
+    }
+    let ends = query.char_indices().map(|(i, c)| (i, i + c.len_utf8()));
+    for (start, end) in ends {
+        if end < query.len() && promql_parser::parser::parse(&query[..end]).err().as_deref().map(str::trim) == Some(msg) {
+            return Some(start);
+        }
+    }
+    None
 }
 
 pub(crate) fn duration_at(path: &str, s: &Spanned<String>, diags: &mut Diagnostics) -> Option<Duration> {
@@ -296,8 +379,8 @@ fn validate_group(
         let slot = slots.len();
         slots.push(name.clone());
         let source = if let Some(q) = &s.value.query {
-            if let Err(e) = promql_parser::parser::parse(&q.value) {
-                diags.push(err_at(path, q, format!("invalid PromQL in signal {name:?}: {}", e.trim())));
+            if let Some(d) = promql_error(path, q, &format!("invalid PromQL in signal {name:?}")) {
+                diags.push(d);
             }
             SignalSource::Query(q.value.clone())
         } else if let Some(v) = &s.value.value {

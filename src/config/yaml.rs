@@ -1,16 +1,20 @@
 //! The raw file formats, exactly as written, and the one place that parses YAML.
 //!
-//! Every struct refuses unknown keys; values we validate later are [`Spanned`] so errors can
-//! point at them. Polymorphic sections (receivers, ticket sources) are flat structs with a
+//! These structs are the schema: [`parse`] reads a file into a located tree and deserializes
+//! them from it, reporting every unknown key (their `fields`), wrong type and missing field,
+//! not just the first (see `yaml/tree.rs`). Values we validate later are [`Spanned`] so errors
+//! can point at them. Polymorphic sections (receivers, ticket sources) are flat structs with a
 //! `type` field checked after parsing, because serde-saphyr loses spans inside tagged enums.
 //! Nothing outside this module imports `serde_saphyr`; swapping the YAML crate is a one-file change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::Diagnostic;
+use super::{Diagnostic, Diagnostics};
+
+mod tree;
 
 /// A value with the line and column it was written at.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,15 +28,61 @@ pub struct Spanned<T> {
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
-        let source_len = s.referenced.span().byte_len().unwrap_or(s.referenced.span().len());
-        Ok(Spanned { value: s.value, line: s.referenced.line(), col: s.referenced.column(), source_len })
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Spanned<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a located value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Spanned<T>, A::Error> {
+                let missing = || serde::de::Error::custom("incomplete location");
+                let line = a.next_element()?.ok_or_else(missing)?;
+                let col = a.next_element()?.ok_or_else(missing)?;
+                let source_len = a.next_element()?.ok_or_else(missing)?;
+                let value = a.next_element()?.ok_or_else(missing)?;
+                Ok(Spanned { value, line, col, source_len })
+            }
+        }
+        d.deserialize_struct(tree::SPANNED, &["line", "col", "source_len", "value"], V(std::marker::PhantomData))
     }
 }
 
-/// Parses one YAML document into `T`, turning a parse error into a located diagnostic.
-pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<T, Diagnostic> {
-    serde_saphyr::from_str(text).map_err(|e| {
+/// A file parsed as far as its mistakes allow: the value built from every part that was valid,
+/// and the schema errors found on the way (all of them, not just the first).
+#[derive(Debug)]
+pub struct Parsed<T> {
+    pub value: T,
+    path: String,
+    errors: Diagnostics,
+    /// (line, col) of objects that lost a broken value: later errors about them are follow-ons.
+    damaged: HashSet<(u64, u64)>,
+}
+
+impl<T> Parsed<T> {
+    /// True when the file had schema errors.
+    pub fn has_errors(&self) -> bool {
+        self.errors.has_errors()
+    }
+
+    /// The schema errors, followed by `later` (the semantic checks of [`Parsed::value`]),
+    /// minus the later errors about objects already reported as broken.
+    pub fn finish(self, later: Diagnostics) -> Diagnostics {
+        let mut all = self.errors;
+        for d in later.0 {
+            if !(d.is_error() && d.path == self.path && self.damaged.contains(&(d.line, d.col))) {
+                all.push(d);
+            }
+        }
+        all
+    }
+}
+
+/// Parses one YAML document into `T`, reporting every schema error with its location.
+///
+/// Syntax errors (which leave no tree) and a document whose top level is unusable are `Err`.
+/// Otherwise `T` is built from the valid parts and the errors ride along in [`Parsed`].
+pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<Parsed<T>, Diagnostics> {
+    let mut root: tree::Node = serde_saphyr::from_str(text).map_err(|e| {
         let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         let mut msg = e.without_snippet().to_string();
         // serde-saphyr appends the location in prose; we print it as path:line:col instead.
@@ -43,8 +93,41 @@ pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<T, Diagnosti
         if text.trim().is_empty() {
             msg = "file is empty".into();
         }
-        Diagnostic::error(path, line, col, msg)
-    })
+        Diagnostics(vec![Diagnostic::error(path, line, col, msg)])
+    })?;
+    if root.is_null() {
+        return Err(Diagnostics(vec![Diagnostic::error(path, 1, 1, "file is empty")]));
+    }
+    let nodes = root.number(0);
+    let mut walk = tree::Walk {
+        path,
+        text,
+        pruned: HashSet::new(),
+        diags: Default::default(),
+        damaged: Default::default(),
+    };
+    // Each failed walk prunes one broken node, so this ends within `nodes` walks.
+    for _ in 0..=nodes {
+        match T::deserialize(tree::De { node: &root, walk: &walk }) {
+            Ok(value) => {
+                return Ok(Parsed {
+                    value,
+                    path: path.to_string(),
+                    errors: Diagnostics(walk.diags.into_inner()),
+                    damaged: walk.damaged.into_inner(),
+                })
+            }
+            Err(tree::Error::Reported(id)) if id != root.id() && walk.pruned.insert(id) => {}
+            Err(e) => {
+                let mut diags = walk.diags.into_inner();
+                if diags.is_empty() {
+                    diags.push(Diagnostic::error(path, 1, 1, e.to_string()));
+                }
+                return Err(Diagnostics(diags));
+            }
+        }
+    }
+    unreachable!("every failed walk prunes a node")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,6 +306,12 @@ pub struct ConfigFile {
     /// `shard: {index, total}`: evaluate only this replica's share of the subjects.
     #[serde(default)]
     pub shard: Option<RawShard>,
+    #[serde(default)]
+    pub status_pages: Vec<RawStatusPage>,
+    #[serde(default)]
+    pub integrations: RawIntegrations,
+    #[serde(default)]
+    pub drafts: RawDrafts,
 }
 
 /// `console:` — the web console's update targets.
@@ -415,4 +504,69 @@ pub struct RawApi {
 pub struct RawShard {
     pub index: Spanned<u32>,
     pub total: Spanned<u32>,
+}
+
+// Status pages, inbound integrations and drafted updates
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatusPage {
+    pub name: Spanned<String>,
+    /// `statuspage` (REST API v1) or `statuspage_public` (the page's public JSON).
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub page_id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// Component id → subject labels.
+    #[serde(default)]
+    pub components: BTreeMap<String, Spanned<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntegrations {
+    #[serde(default)]
+    pub pagerduty: Option<RawPagerDutyInbound>,
+    #[serde(default)]
+    pub alertmanager: Vec<RawAlertMapping>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagerDutyInbound {
+    #[serde(default)]
+    pub webhook_secret: Option<Spanned<String>>,
+    #[serde(default)]
+    pub webhook_secret_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertMapping {
+    /// Alertmanager-style label matchers; all must match.
+    pub matchers: Vec<Spanned<String>>,
+    /// Alert labels that form the subject (default `[service]`).
+    #[serde(default)]
+    pub subject: Option<Vec<Spanned<String>>>,
+    /// The incident event a firing alert applies (`security`, `internal_only`, `legal_requested`).
+    #[serde(default)]
+    pub event: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrafts {
+    /// A directory of minijinja templates that override the built-in ones by file name.
+    #[serde(default)]
+    pub templates_dir: Option<Spanned<String>>,
 }

@@ -470,7 +470,7 @@ mod render_tests {
         ctx.insert("incident".into(), card);
         ctx.insert("timeline".into(), view::timeline(&inc, &Value::Null).into());
         ctx.insert("chart".into(), chart::render(&samples, &inc).into());
-        ctx.insert("drafts".into(), view::drafts(&json!({"drafts": [{"audience": "status_page", "text": "We are investigating."}]})));
+        ctx.insert("drafts".into(), view::drafts(&json!({"drafts": [{"n": 1, "rule": "PreparePublicUpdate", "audiences": {"support": "Tell customers.", "status_page": "We are investigating."}}]})));
         ctx.insert("flash".into(), "Recorded: ack.".into());
         ctx.insert("error".into(), Value::Null);
         for (page, part) in [("incident.html", ""), ("incident_live.html", "body")] {
@@ -482,6 +482,7 @@ mod render_tests {
         }
         let (_, body) = html(c.render("incident.html", Value::Object(ctx)));
         assert!(body.contains("We are investigating.") && body.contains("Approve and publish") && body.contains("id=\"act-ack\""), "{body}");
+        assert!(body.find("We are investigating.") < body.find("Tell customers."), "the status-page text comes first");
         let mut ctx = base_ctx(&HeaderMap::new(), &c);
         ctx.insert("groups".into(), view::rules(&json!({"groups": [{"name": "g", "interval": "30s", "subject": ["service"], "rules": [
             {"name": "R", "action": "notify", "when": "a > 1", "for": "5m", "state": "firing", "unknown": {"absent": 3},

@@ -184,19 +184,31 @@ fn subject_key(subject: &Value) -> String {
     crate::engine::Subject::new(labels).key().to_string()
 }
 
-/// Drafts from `GET /api/v1/incidents/{id}/drafts`, each with an index for its copy button.
+/// Drafts from `GET /api/v1/incidents/{id}/drafts`, newest first (at most 3): each with its
+/// texts per audience (status page first) and whether it was approved and published.
 pub fn drafts(v: &Value) -> Value {
-    let list = v["drafts"].as_array().cloned().unwrap_or_default();
+    let mut list = v["drafts"].as_array().cloned().unwrap_or_default();
+    list.reverse();
     Value::Array(
         list.into_iter()
-            .enumerate()
-            .map(|(i, d)| {
+            .take(3)
+            .map(|d| {
+                let mut texts: Vec<Value> = d["audiences"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, t)| json!({ "audience": k.replace('_', " "), "key": k, "text": t.as_str().unwrap_or_default() }))
+                    .collect();
+                texts.sort_by_key(|t| t["key"] != "status_page");
+                let publication = &d["publication"];
                 json!({
-                    "n": d.get("n").cloned().unwrap_or_else(|| json!(i)),
-                    "audience": d["audience"].as_str().unwrap_or("draft").replace('_', " "),
-                    "text": d["text"].as_str().unwrap_or_default(),
-                    "title": d["title"],
-                    "publishable": d["publishable"].as_bool().unwrap_or(d["audience"] == "status_page"),
+                    "n": d["n"],
+                    "rule": d["rule"],
+                    "created": ms(&d["created_at"]).map(time_text),
+                    "next_update_by": d["next_update_by"],
+                    "texts": texts,
+                    "publishable": d["audiences"]["status_page"].is_string() && publication.is_null(),
+                    "publication": publication.as_object().map(|_| format!("{}{}", publication["state"].as_str().unwrap_or("approved"), publication["published_at"].as_str().map(|t| format!(" at {t}")).unwrap_or_default())),
                 })
             })
             .collect(),

@@ -179,7 +179,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let mut core = shared2.core.lock().expect("core lock");
         let snapshot = core.state.clone();
         let input = Arc::new(input);
-        let out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
+        let mut out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
         {
             let mut watch = shared2.explain_watch.lock().expect("explain watch lock");
             for ((rule, subject), log) in watch.iter_mut() {
@@ -193,6 +193,8 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         }
         shared2.last_inputs.lock().expect("last inputs lock").insert(group.name.clone(), (now, input.clone()));
         let planner = shared2.planner.read().expect("planner lock").clone();
+        // Drafted updates for suggest_update decisions, stored with the step.
+        let extra = crate::store::Extra { drafts: drafts_for(&mut out, &core, &config2, &planner, now), ..Default::default() };
         let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
         let incidents: Vec<_> = out.incidents.iter().map(|c| &c.incident).collect();
         let commit = Commit {
@@ -206,7 +208,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         };
         let enqueued = commit.outbox.len();
         let core = &mut *core;
-        match core.store.commit(&core.state, &commit) {
+        match core.store.commit_extra(&core.state, &commit, &extra) {
             Ok(()) => {
                 let open = core.state.incidents.values().filter(|i| i.is_open()).count();
                 let firing: HashMap<&str, usize> = group
@@ -250,6 +252,12 @@ pub async fn evaluate_group_once<S: MetricsSource>(
     metrics::counter!("herald_rule_evaluations_total", "group" => group.name.clone()).increment(1);
     metrics::gauge!("herald_rule_group_last_duration_seconds", "group" => group.name.clone()).set(started.elapsed().as_secs_f64());
     report
+}
+
+/// The drafts of a step's `suggest_update` decisions (see [`crate::drafts`]).
+fn drafts_for(out: &mut StepOutput, core: &super::Core, config: &Config, planner: &crate::notify::plan::Planner, now: Ts) -> Vec<(String, Ts, String)> {
+    let lookup = |id: &str| core.state.incidents.values().find(|i| i.id == id).cloned();
+    crate::drafts::for_decisions(&mut out.decisions, &lookup, &config.drafts, config.global.timezone, &config.global.external_url, planner.scrubber(), now)
 }
 
 /// One log line per decision and incident change: the daemon's story, readable in a terminal.

@@ -181,6 +181,7 @@ pub async fn run<S: MetricsSource + 'static>(
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(evaluation_loop(shared.clone(), source.clone()));
     tasks.spawn(crate::notify::worker::run(shared.clone()));
+    tasks.spawn(crate::integrations::run(shared.clone()));
     if let Some(requests) = shared.options.reload_requests.clone() {
         tasks.spawn(reload_on_request(shared.clone(), requests));
     }

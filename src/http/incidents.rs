@@ -198,6 +198,7 @@ pub(super) async fn declare(State(shared): State<Arc<Shared>>, _auth: Authorized
         ))
     })?;
     check_subject(&b.subject).map_err(ApiError::bad_request)?;
+    shared.config().rules.check_subject(b.subject.keys()).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let fields = EventFields { kind: "declare", severity: Some(&b.severity), security: b.security, actor: b.actor.as_deref(), note: b.note.as_deref(), ..Default::default() };
     let (event, note) = Event::from_fields(&fields, true).map_err(|e| ApiError::bad_request(e.message))?;
     let subject = Subject::new(b.subject);

@@ -11,7 +11,9 @@
 
 mod access;
 mod explain;
+mod drafts;
 mod incidents;
+mod integrations;
 mod notifications;
 mod ops;
 mod rules;
@@ -59,6 +61,10 @@ fn api_router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/incidents/{id}/events", post(incidents::post_event))
         .route("/api/v1/incidents/{id}/samples", get(samples::list))
         .route("/api/v1/notifications", get(notifications::list))
+        .route("/api/v1/incidents/{id}/drafts", get(drafts::list))
+        .route("/api/v1/incidents/{id}/drafts/{n}/publish", post(drafts::publish))
+        .route("/api/v1/integrations/pagerduty", post(integrations::pagerduty).layer(axum::extract::DefaultBodyLimit::max(integrations::MAX_BODY)))
+        .route("/api/v1/alertmanager", post(integrations::alertmanager).layer(axum::extract::DefaultBodyLimit::max(integrations::MAX_BODY)))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), access::require_read_token))
         .layer(axum::Extension(Arc::new(access::ReloadGate::default())))

@@ -185,6 +185,7 @@ fn post(
         headers,
         body: serde_json::to_vec(body).unwrap_or_default(),
         timeout: receiver.timeout,
+        preview: None,
     }
 }
 
@@ -212,6 +213,31 @@ pub fn build_requests(
     ctx: &BuildContext<'_>,
 ) -> Result<Vec<OutgoingRequest>, ReceiverError> {
     let first = notifications.first().ok_or(ReceiverError::Empty)?;
+    let mut reqs = requests_for(receiver, first, notifications, ctx)?;
+    if ctx.dry_run {
+        let preview = rendered(receiver, notifications, ctx).map(|t| (t.title, t.text)).ok();
+        for r in &mut reqs {
+            r.preview.clone_from(&preview);
+        }
+    }
+    Ok(reqs)
+}
+
+/// The rendered text of one delivery (grouped as chat receivers group it).
+fn rendered(receiver: &Receiver, notifications: &[Notification], ctx: &BuildContext<'_>) -> Result<RenderedText, ReceiverError> {
+    let mut items = notifications
+        .iter()
+        .map(|n| Ok((n.clone(), render(receiver, n, ctx)?)))
+        .collect::<Result<Vec<_>, ReceiverError>>()?;
+    Ok(group_text(&mut items))
+}
+
+fn requests_for(
+    receiver: &Receiver,
+    first: &Notification,
+    notifications: &[Notification],
+    ctx: &BuildContext<'_>,
+) -> Result<Vec<OutgoingRequest>, ReceiverError> {
     Ok(match &receiver.kind {
         ReceiverKind::Webhook { url, secret } => {
             let body = serde_json::to_vec(&generic_webhook_body(first))?;
@@ -254,12 +280,9 @@ pub fn build_requests(
                 .collect()
         }
         ReceiverKind::Slack { url } | ReceiverKind::Teams { url } => {
-            let mut items = notifications
-                .iter()
-                .map(|n| Ok((n.clone(), render(receiver, n, ctx)?)))
-                .collect::<Result<Vec<_>, ReceiverError>>()?;
-            let text = group_text(&mut items);
-            let lead = &items[0].0;
+            let text = rendered(receiver, notifications, ctx)?;
+            // group_text leads with the most severe notification.
+            let lead = notifications.iter().min_by_key(|n| severity_rank(&n.severity)).unwrap_or(first);
             let body = if matches!(receiver.kind, ReceiverKind::Slack { .. }) {
                 slack_message(lead, &text)
             } else {
@@ -268,11 +291,7 @@ pub fn build_requests(
             vec![post(receiver, url.clone(), &body, vec![])]
         }
         ReceiverKind::Log => {
-            let mut items = notifications
-                .iter()
-                .map(|n| Ok((n.clone(), render(receiver, n, ctx)?)))
-                .collect::<Result<Vec<_>, ReceiverError>>()?;
-            let text = group_text(&mut items);
+            let text = rendered(receiver, notifications, ctx)?;
             let mut req = post(
                 receiver,
                 "log:".into(),

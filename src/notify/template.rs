@@ -36,6 +36,11 @@ pub const DEFAULT_TEXT_FIRING: &str = "\
 {% endif %}
 
 Next step: {{ next_step }}.
+{% if annotations.draft_status_page is defined %}
+
+Drafted status-page update (edit and approve: {{ annotations.drafts_url }}):
+{{ annotations.draft_status_page }}
+{% endif %}
 {% if incident %}
 Incident {{ incident.id }} ({{ incident.status }}){{ ': ' ~ incident.url if incident.url else '' }}
 {% endif %}
@@ -473,6 +478,18 @@ mod tests {
              Incident INC-42 (investigating): https://herald.example.com/incidents/INC-42\n\
              Runbook: https://runbooks.example.com/checkout\n\
              Severity critical · rule ActivateCommsLead · since 2024-05-01 12:00 UTC"
+        );
+    }
+
+    #[test]
+    fn a_prompt_carries_its_drafted_status_page_update() {
+        let mut n = sample_firing();
+        n.annotations.insert("draft_status_page".into(), "Some customers cannot check out.".into());
+        n.annotations.insert("drafts_url".into(), "https://herald.example.com/api/v1/incidents/INC-42/drafts".into());
+        let text = Templates::new().render_text(&n).unwrap();
+        assert!(
+            text.contains("\n\nDrafted status-page update (edit and approve: https://herald.example.com/api/v1/incidents/INC-42/drafts):\nSome customers cannot check out.\n"),
+            "{text}"
         );
     }
 

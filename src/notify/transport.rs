@@ -35,6 +35,9 @@ pub struct OutgoingRequest {
     pub body: Vec<u8>,
     /// Give up on this request after this long.
     pub timeout: Duration,
+    /// The rendered (title, text), set in dry runs so the recorder can log what would have
+    /// been said whatever the receiver's payload format.
+    pub preview: Option<(String, String)>,
 }
 
 impl OutgoingRequest {
@@ -224,7 +227,8 @@ pub const RECORDER_CAPACITY: usize = 10_000;
 impl Transport for Recorder {
     fn send(&self, req: OutgoingRequest) -> BoxFuture<'_, Result<Response, TransportError>> {
         Box::pin(async move {
-            tracing::info!(receiver = %req.receiver, bytes = req.body.len(), "dry run: recorded instead of sending");
+            let (title, text) = req.preview.clone().unwrap_or_default();
+            tracing::info!(receiver = %req.receiver, title = %title, text = %text, bytes = req.body.len(), "dry run: recorded instead of sending");
             let mut r = self.requests.lock().expect("recorder lock");
             if r.len() >= RECORDER_CAPACITY {
                 r.remove(0);
@@ -278,6 +282,7 @@ mod tests {
             headers: vec![],
             body: b"{}".to_vec(),
             timeout: Duration::from_secs(1),
+            preview: None,
         };
         assert_eq!(r.send(req.clone()).await.unwrap().status, 200);
         assert_eq!(r.requests(), vec![req]);

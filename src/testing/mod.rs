@@ -112,7 +112,8 @@ pub fn run_file_with(path: &Path, options: &RunOptions) -> Result<Vec<TestOutcom
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| FileError::Unreadable(Diagnostics(vec![Diagnostic::error(&shown, 0, 0, format!("cannot read test file: {e}"))])))?;
-    let file: TestFile = yaml::parse(&shown, &text).map_err(|d| FileError::Invalid(Diagnostics(vec![d])))?;
+    let parsed = yaml::parse::<TestFile>(&shown, &text).map_err(FileError::Invalid)?;
+    let file = &parsed.value;
     let mut diags = Diagnostics::default();
 
     let base = path.parent().unwrap_or(Path::new("."));
@@ -124,12 +125,14 @@ pub fn run_file_with(path: &Path, options: &RunOptions) -> Result<Vec<TestOutcom
             Err(e) => diags.push(err_at(&shown, rf, e)),
         }
     }
+    let schema_errors = parsed.has_errors();
     if diags.has_errors() {
-        return Err(FileError::Unreadable(diags));
+        let all = parsed.finish(diags);
+        return Err(if schema_errors { FileError::Invalid(all) } else { FileError::Unreadable(all) });
     }
     let rules = match load_rule_files(&rule_paths) {
         Ok((r, _)) => r,
-        Err(d) => return Err(FileError::Invalid(d)),
+        Err(d) => return Err(FileError::Invalid(parsed.finish(d))),
     };
     let default_interval = match &file.evaluation_interval {
         Some(s) => interval_at(&shown, s, "evaluation_interval", &mut diags).unwrap_or(Duration::from_secs(60)),
@@ -146,6 +149,7 @@ pub fn run_file_with(path: &Path, options: &RunOptions) -> Result<Vec<TestOutcom
             prepared.push(p);
         }
     }
+    let diags = parsed.finish(diags);
     if diags.has_errors() {
         return Err(FileError::Invalid(diags));
     }
@@ -443,7 +447,8 @@ fn run_test(engine: &Engine, rules: &RuleSet, default_interval: Duration, t: &Pr
             Step::Check(i) => {
                 let e = &t.expects[i];
                 let firing: BTreeSet<(String, Subject)> = state.firing().into_iter().map(|(r, s)| (r.to_string(), s.clone())).collect();
-                if let Some(msg) = check(e, &firing) {
+                if let Some(mut msg) = check(e, &firing) {
+                    msg.push_str(&explain(rules, &state, e, &firing, at));
                     failures.push(msg);
                 }
                 for (inst, want) in &e.annotations {
@@ -457,6 +462,47 @@ fn run_test(engine: &Engine, rules: &RuleSet, default_interval: Duration, t: &Pr
         }
     }
     TestOutcome { name: t.name.clone(), failures, explanations }
+}
+
+/// The state at check time of every instance the check is about (expected, or fired against
+/// expectation): pending since when and how long `for` still needs, firing since when, or
+/// inactive. Tells "the hold is too long" from "the condition never held".
+fn explain(rules: &RuleSet, state: &State, e: &Expect, firing: &BTreeSet<(String, Subject)>, now: Ts) -> String {
+    let about: BTreeSet<&(String, Subject)> = match e.kind {
+        ExpectKind::Excludes => e.instances.intersection(firing).collect(),
+        _ => e.instances.iter().chain(firing.difference(&e.instances)).collect(),
+    };
+    let at = |t: Ts| PromDuration(Duration::from_millis(t.max(0) as u64)).to_string();
+    let mut out = String::from("    rule states:\n");
+    for (rule, subject) in about {
+        let r = rules.groups.iter().flat_map(|g| &g.rules).find(|r| &r.name == rule);
+        let inst = state.instances.get(rule).and_then(|m| m.get(subject));
+        let line = match (inst, r) {
+            (_, None) => "no such rule".to_string(),
+            (None, Some(_)) => "inactive (condition not true at the last evaluation)".to_string(),
+            (Some(i), Some(r)) if i.phase == crate::engine::Phase::Pending => {
+                let need = i.active_at + ms(r.for_);
+                format!(
+                    "pending since {} (`for: {}` needs it true until {}, {} more)",
+                    at(i.active_at),
+                    PromDuration(r.for_),
+                    at(need),
+                    at(need - now)
+                )
+            }
+            (Some(i), Some(r)) => match i.keep_firing_since {
+                Some(k) => format!(
+                    "firing since {}, condition false since {} (`keep_firing_for: {}`)",
+                    at(i.fired_at.unwrap_or(i.active_at)),
+                    at(k),
+                    PromDuration(r.keep_firing_for)
+                ),
+                None => format!("firing since {} (pending since {})", at(i.fired_at.unwrap_or(i.active_at)), at(i.active_at)),
+            },
+        };
+        let _ = writeln!(out, "      {rule}{subject}: {line}");
+    }
+    out
 }
 
 fn show(set: &BTreeSet<(String, Subject)>) -> String {

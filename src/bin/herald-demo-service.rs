@@ -2,7 +2,9 @@
 //! gauges in Prometheus text format. `checkout` is healthy, then breaches its SLO with 12% of
 //! customers affected; `search` stays healthy; `reports` is internal (not customer-facing).
 //!
-//! Usage: `cargo run --example demo_service -- 127.0.0.1:9101 [breach_after_secs]`
+//! Usage: `target/release/herald-demo-service 127.0.0.1:9101 [breach_after_secs]`. A binary of
+//! the package (not an example) so that `scripts/demo` builds exactly what `cargo build --release`
+//! builds: an example is built with the dev-dependencies, a different build from the README's.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

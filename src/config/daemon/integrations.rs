@@ -1,0 +1,300 @@
+//! `status_pages:`, `integrations:` and `drafts:` → their validated model.
+//!
+//! A child of `config::daemon`, so it shares the validator (located diagnostics, `${VAR}`
+//! interpolation, `*_file` secrets). Reads local files only (secrets, draft templates).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::super::yaml::{RawAlertMapping, RawDrafts, RawIntegrations, RawStatusPage, Spanned};
+use super::{parse_matcher, Matcher, Validator};
+use crate::engine::Subject;
+
+/// The Statuspage REST API v1 base URL.
+pub const STATUSPAGE_API_URL: &str = "https://api.statuspage.io/v1";
+
+/// A status page Herald reads (and, for `statuspage`, publishes approved drafts to).
+#[derive(Clone, Debug)]
+pub struct StatusPage {
+    pub name: String,
+    pub kind: StatusPageKind,
+    /// API base (`statuspage`) or the page's own address (`statuspage_public`), no trailing `/`.
+    pub url: String,
+    /// How often the page is read (default 1m).
+    pub poll_interval: Duration,
+    /// Per-request timeout (default 10s).
+    pub timeout: Duration,
+    /// Component id → the subject it stands for.
+    pub components: Vec<(String, Subject)>,
+}
+
+impl StatusPage {
+    /// The subject a component id stands for.
+    pub fn subject_of(&self, component: &str) -> Option<&Subject> {
+        self.components.iter().find(|(c, _)| c == component).map(|(_, s)| s)
+    }
+    /// The component ids that stand for a subject.
+    pub fn components_of(&self, subject: &Subject) -> Vec<&str> {
+        self.components.iter().filter(|(_, s)| s == subject).map(|(c, _)| c.as_str()).collect()
+    }
+}
+
+/// How a status page is read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatusPageKind {
+    /// Atlassian Statuspage REST API v1 (`Authorization: OAuth <key>`).
+    Api { page_id: String, api_key: String },
+    /// The unauthenticated public JSON (`/api/v2/summary.json`, `/api/v2/incidents.json`).
+    Public,
+}
+
+/// `integrations:`.
+#[derive(Clone, Debug, Default)]
+pub struct Integrations {
+    /// Verifies `X-PagerDuty-Signature` on `POST /api/v1/integrations/pagerduty`; `None`
+    /// disables the endpoint.
+    pub pagerduty_secret: Option<String>,
+    /// Alertmanager webhook mappings, tried in order (first match wins).
+    pub alertmanager: Vec<AlertMapping>,
+}
+
+/// Maps matching Alertmanager alerts to an incident event.
+#[derive(Clone, Debug)]
+pub struct AlertMapping {
+    pub matchers: Vec<Matcher>,
+    /// Alert labels that form the subject.
+    pub subject_labels: Vec<String>,
+    /// `security`: the subject's open incident is flagged security (one is declared, critical,
+    /// when none is open).
+    pub event: AlertEvent,
+}
+
+/// Events an Alertmanager alert can raise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertEvent {
+    Security,
+    InternalOnly,
+    LegalRequested,
+}
+
+impl AlertEvent {
+    const ALL: [(&'static str, AlertEvent); 3] =
+        [("security", AlertEvent::Security), ("internal_only", AlertEvent::InternalOnly), ("legal_requested", AlertEvent::LegalRequested)];
+    /// The event type name.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, e)| *e == self).map_or("security", |(n, _)| n)
+    }
+}
+
+impl AlertMapping {
+    /// Whether an alert's labels match every matcher.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matchers.iter().all(|m| m.matches(labels.get(&m.label).map_or("", String::as_str)))
+    }
+}
+
+/// `drafts:`: template overrides, by template name (`status_page`, `support`, …).
+#[derive(Clone, Debug, Default)]
+pub struct DraftSettings {
+    pub templates_dir: Option<PathBuf>,
+    /// Override sources read from `templates_dir` (`<name>.j2`).
+    pub templates: BTreeMap<String, String>,
+}
+
+impl Validator<'_> {
+    pub(super) fn status_pages(&mut self, raw: &[RawStatusPage]) -> Vec<StatusPage> {
+        let mut out: Vec<StatusPage> = Vec::new();
+        for p in raw {
+            if out.iter().any(|o| o.name == p.name.value) {
+                self.err(&p.name, format!("duplicate status page name {:?}", p.name.value));
+            }
+            let poll_interval = self.duration(&p.poll_interval, Duration::from_secs(60));
+            if poll_interval < Duration::from_secs(1) {
+                if let Some(s) = &p.poll_interval {
+                    self.err(s, "poll_interval must be at least 1s (Statuspage allows 1 request/s)");
+                }
+            }
+            let timeout = self.duration(&p.timeout, Duration::from_secs(10));
+            let kind = match p.kind.value.as_str() {
+                "statuspage" => {
+                    let page_id = match &p.page_id {
+                        Some(id) => self.interp(id),
+                        None => {
+                            self.err(&p.kind, format!("statuspage {:?} needs `page_id`", p.name.value));
+                            String::new()
+                        }
+                    };
+                    let api_key = self.secret(&p.api_key, &p.api_key_file, "api_key");
+                    if api_key.is_none() && p.api_key.is_none() && p.api_key_file.is_none() {
+                        self.err(&p.kind, format!("statuspage {:?} needs `api_key_file` (or `api_key: ${{ENV_VAR}}`)", p.name.value));
+                    }
+                    StatusPageKind::Api { page_id, api_key: api_key.unwrap_or_default() }
+                }
+                "statuspage_public" => {
+                    for (field, is) in [("page_id", &p.page_id), ("api_key", &p.api_key), ("api_key_file", &p.api_key_file)] {
+                        if let Some(s) = is {
+                            self.err(s, format!("`{field}` does not apply to statuspage_public pages (they are read without a key)"));
+                        }
+                    }
+                    if p.url.is_none() {
+                        self.err(&p.kind, format!("statuspage_public {:?} needs `url` (the page's address, e.g. https://status.example.com)", p.name.value));
+                    }
+                    StatusPageKind::Public
+                }
+                other => {
+                    self.err(&p.kind, format!("unknown status page type {other:?} (valid: statuspage, statuspage_public)"));
+                    continue;
+                }
+            };
+            let url = match &p.url {
+                Some(u) => self.url(u),
+                None => STATUSPAGE_API_URL.to_string(),
+            }
+            .trim_end_matches('/')
+            .to_string();
+            let mut components = Vec::new();
+            for (id, labels) in &p.components {
+                if labels.value.is_empty() {
+                    self.err(labels, format!("component {id:?} must map to at least one subject label, e.g. {{service: checkout}}"));
+                    continue;
+                }
+                components.push((id.clone(), Subject::new(labels.value.clone())));
+            }
+            if components.is_empty() {
+                self.warn(&p.name, format!("status page {:?} maps no components: its incidents cannot be linked to Herald's", p.name.value));
+            }
+            out.push(StatusPage { name: p.name.value.clone(), kind, url, poll_interval, timeout, components });
+        }
+        out
+    }
+
+    pub(super) fn integrations(&mut self, raw: &RawIntegrations) -> Integrations {
+        let pagerduty_secret = raw.pagerduty.as_ref().and_then(|pd| {
+            let s = self.secret(&pd.webhook_secret, &pd.webhook_secret_file, "webhook_secret");
+            if s.as_deref() == Some("") {
+                if let Some(f) = pd.webhook_secret_file.as_ref().or(pd.webhook_secret.as_ref()) {
+                    self.err(f, "the PagerDuty webhook secret is empty");
+                }
+            }
+            s
+        });
+        let alertmanager = raw.alertmanager.iter().filter_map(|m| self.alert_mapping(m)).collect();
+        Integrations { pagerduty_secret, alertmanager }
+    }
+
+    fn alert_mapping(&mut self, m: &RawAlertMapping) -> Option<AlertMapping> {
+        let mut matchers = Vec::new();
+        for s in &m.matchers {
+            match parse_matcher(&s.value) {
+                Ok(x) => matchers.push(x),
+                Err(e) => self.err(s, e),
+            }
+        }
+        let subject_labels: Vec<String> = match &m.subject {
+            Some(l) => l.iter().map(|s| s.value.clone()).collect(),
+            None => vec!["service".to_string()],
+        };
+        let Some(ev) = &m.event else {
+            let at = m.matchers.first().cloned().unwrap_or(Spanned { value: String::new(), line: 1, col: 1, source_len: 0 });
+            self.err(&at, "an alertmanager mapping needs `event` (security, internal_only or legal_requested)");
+            return None;
+        };
+        let Some(event) = AlertEvent::ALL.iter().find(|(n, _)| *n == ev.value).map(|(_, e)| *e) else {
+            self.err(ev, format!("unknown event {:?} for alertmanager alerts (valid: security, internal_only, legal_requested)", ev.value));
+            return None;
+        };
+        if m.matchers.is_empty() {
+            self.err(ev, "an alertmanager mapping needs at least one matcher, e.g. alertname=\"SecurityAlert\"");
+            return None;
+        }
+        if matchers.len() != m.matchers.len() {
+            return None; // reported above; a mapping with a dropped matcher would match too much
+        }
+        Some(AlertMapping { matchers, subject_labels, event })
+    }
+
+    pub(super) fn drafts(&mut self, raw: &RawDrafts) -> DraftSettings {
+        let Some(dir) = &raw.templates_dir else { return DraftSettings::default() };
+        let path = self.resolve_path(&dir.value);
+        let mut templates = BTreeMap::new();
+        match std::fs::read_dir(&path) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let Some(name) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".j2")) else { continue };
+                    if !crate::drafts::TEMPLATE_NAMES.contains(&name) {
+                        self.warn(dir, format!("{}: not a draft template (known: {})", p.display(), crate::drafts::TEMPLATE_NAMES.join(", ")));
+                        continue;
+                    }
+                    match std::fs::read_to_string(&p) {
+                        Ok(src) => {
+                            if let Err(e) = crate::drafts::check_template(&src) {
+                                self.err(dir, format!("{}: {e}", p.display()));
+                            }
+                            templates.insert(name.to_string(), src);
+                        }
+                        Err(e) => self.err(dir, format!("cannot read {}: {e}", p.display())),
+                    }
+                }
+            }
+            Err(e) => self.err(dir, format!("cannot read templates_dir {}: {e}", path.display())),
+        }
+        DraftSettings { templates_dir: Some(path), templates }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_config;
+
+    fn load(extra: &str) -> Result<crate::config::Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), "groups: []\n").unwrap();
+        std::fs::write(dir.path().join("key"), "k3y\n").unwrap();
+        std::fs::write(dir.path().join("herald.yaml"), format!("rule_files: [rules.yaml]\n{extra}")).unwrap();
+        let env = |n: &str| (n == "SP_KEY").then(|| "from-env".to_string());
+        load_config(&dir.path().join("herald.yaml"), &env).map(|(c, _)| c).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn status_pages_and_integrations_load() {
+        let c = load(
+            "status_pages:\n  - {name: main, type: statuspage, page_id: p1, api_key_file: key, components: {c1: {service: checkout}}}\n  - {name: pub, type: statuspage_public, url: 'https://status.example.com/', poll_interval: 30s}\n  - {name: env, type: statuspage, page_id: p2, api_key: '${SP_KEY}'}\n\
+             integrations:\n  pagerduty: {webhook_secret_file: key}\n  alertmanager:\n    - {matchers: ['alertname=\"Sec\"'], event: security}\n",
+        )
+        .unwrap();
+        assert_eq!(c.status_pages.len(), 3);
+        assert_eq!(c.status_pages[0].url, super::STATUSPAGE_API_URL);
+        assert_eq!(c.status_pages[0].kind, super::StatusPageKind::Api { page_id: "p1".into(), api_key: "k3y".into() });
+        assert_eq!(c.status_pages[0].poll_interval, std::time::Duration::from_secs(60));
+        assert_eq!(c.status_pages[1].url, "https://status.example.com");
+        assert_eq!(c.status_pages[2].kind, super::StatusPageKind::Api { page_id: "p2".into(), api_key: "from-env".into() });
+        assert_eq!(c.status_pages[0].subject_of("c1").unwrap().get("service"), Some("checkout"));
+        assert_eq!(c.integrations.pagerduty_secret.as_deref(), Some("k3y"));
+        assert_eq!(c.integrations.alertmanager[0].subject_labels, vec!["service"]);
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_location() {
+        let e = load(
+            "status_pages:\n  - {name: a, type: statuspage}\n  - {name: b, type: statuspage_public, page_id: x}\n  - {name: c, type: nope}\n  - {name: d, type: statuspage, page_id: p, api_key_file: key, poll_interval: 500ms}\n\
+             integrations:\n  alertmanager:\n    - {matchers: ['alertname=~\"(\"'], event: security}\n    - {matchers: ['a=\"b\"'], event: explode}\n    - {matchers: ['a=\"b\"']}\n",
+        )
+        .unwrap_err();
+        for want in [
+            "herald.yaml:3:21: statuspage \"a\" needs `page_id`",
+            "statuspage \"a\" needs `api_key_file`",
+            "herald.yaml:4:49: `page_id` does not apply to statuspage_public pages",
+            "statuspage_public \"b\" needs `url`",
+            "unknown status page type \"nope\"",
+            "poll_interval must be at least 1s",
+            "invalid regex in matcher",
+            "unknown event \"explode\"",
+            "herald.yaml:11:19: an alertmanager mapping needs `event`",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        assert!(!e.contains("at least one matcher"), "an invalid matcher is reported once:\n{e}");
+    }
+}
