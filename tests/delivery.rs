@@ -1406,8 +1406,8 @@ async fn secrets_jwts_and_aws_keys_are_redacted_but_heralds_own_links_work() {
     assert_eq!(pd_body.matches("R0UTINGKEY0123456789").count(), 1, "{pd_body}");
     assert!(!slack_body.contains("R0UTINGKEY0123456789"), "{slack_body}");
     // Herald's own incident link is intact, in the text and in the link.
-    assert!(slack_body.contains("<http://10.1.2.3:9797/api/v1/incidents/INC-4|Open incident INC-4>"), "{slack_body}");
-    assert!(slack_body.contains("Incident INC-4 (investigating): http://10.1.2.3:9797/api/v1/incidents/INC-4"), "{slack_body}");
+    assert!(slack_body.contains("<http://10.1.2.3:9797/incidents/INC-4|Open incident INC-4>"), "{slack_body}");
+    assert!(slack_body.contains("Incident INC-4 (investigating): http://10.1.2.3:9797/incidents/INC-4"), "{slack_body}");
 }
 
 #[tokio::test]
