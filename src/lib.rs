@@ -12,6 +12,7 @@ pub mod engine;
 pub mod expr;
 pub mod http;
 pub mod notify;
+pub mod replay;
 pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -4,6 +4,7 @@
 
 mod check;
 mod live_source;
+mod replay;
 mod run;
 mod test;
 
@@ -29,6 +30,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Run rule unit tests on synthetic signals.
     Test(TestArgs),
+    /// Evaluate the rules over a past time range from Prometheus's history; never sends.
+    Replay(replay::ReplayArgs),
 }
 
 /// `herald run`.
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Check(a) => check::run(a),
         Command::Test(a) => test::run(a),
+        Command::Replay(a) => replay::run(a),
     };
     match result {
         Ok(code) => code,

@@ -256,6 +256,44 @@ pub fn load_config(path: &Path, env: Env<'_>) -> Result<(Config, Diagnostics), D
     }
 }
 
+/// The checks between rules and the rest of a configuration: every `notify` names a receiver,
+/// query signals need `prometheus:`, ticket signals name a configured source (a warning).
+/// `load_config` runs them; `herald replay --diff` runs them on the other rule set.
+pub fn cross_check(rules: &RuleSet, receivers: &[Receiver], has_prometheus: bool, ticket_sources: &[TicketSource]) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
+    for g in &rules.groups {
+        for r in &g.rules {
+            for (n, l) in r.notify.iter().zip(&r.notify_locations) {
+                if !names.contains(&n.as_str()) {
+                    let known = if names.is_empty() { "none are defined".to_string() } else { format!("defined: {}", names.join(", ")) };
+                    diags.push(Diagnostic::error(&l.path, l.line, l.col, format!("rule {:?}: unknown receiver {n:?} ({known})", r.name)));
+                }
+            }
+        }
+        for s in &g.signals {
+            match &s.source {
+                SignalSource::Query(_) if !has_prometheus => diags.push(Diagnostic::error(
+                    &g.location.path,
+                    g.location.line,
+                    g.location.col,
+                    format!("group {:?}: signal {:?} is a PromQL query but the config has no `prometheus:` section", g.name, s.name),
+                )),
+                SignalSource::Tickets { source, .. } if !ticket_sources.iter().any(|t| &t.name == source) => {
+                    diags.push(Diagnostic::warning(
+                        &g.location.path,
+                        g.location.line,
+                        g.location.col,
+                        format!("group {:?}: signal {:?} uses ticket source {source:?}, which is not configured; rules that need it stay unknown", g.name, s.name),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    diags
+}
+
 struct Validator<'a> {
     path: &'a str,
     base: &'a Path,
@@ -432,36 +470,7 @@ impl Validator<'_> {
 
         // cross-checks
         if let Some(rules) = &rules {
-            let names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
-            for g in &rules.groups {
-                for r in &g.rules {
-                    for (n, l) in r.notify.iter().zip(&r.notify_locations) {
-                        if !names.contains(&n.as_str()) {
-                            let known = if names.is_empty() { "none are defined".to_string() } else { format!("defined: {}", names.join(", ")) };
-                            self.diags.push(Diagnostic::error(&l.path, l.line, l.col, format!("rule {:?}: unknown receiver {n:?} ({known})", r.name)));
-                        }
-                    }
-                }
-                for s in &g.signals {
-                    match &s.source {
-                        SignalSource::Query(_) if prometheus.is_none() => self.diags.push(Diagnostic::error(
-                            &g.location.path,
-                            g.location.line,
-                            g.location.col,
-                            format!("group {:?}: signal {:?} is a PromQL query but the config has no `prometheus:` section", g.name, s.name),
-                        )),
-                        SignalSource::Tickets { source, .. } if !ticket_sources.iter().any(|t| &t.name == source) => {
-                            self.diags.push(Diagnostic::warning(
-                                &g.location.path,
-                                g.location.line,
-                                g.location.col,
-                                format!("group {:?}: signal {:?} uses ticket source {source:?}, which is not configured; rules that need it stay unknown", g.name, s.name),
-                            ))
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            self.diags.extend(cross_check(rules, &receivers, prometheus.is_some(), &ticket_sources));
         }
         Some(Config {
             path: path.to_path_buf(),

@@ -365,3 +365,27 @@ pub struct RawApi {
     #[serde(default)]
     pub token_file: Option<Spanned<String>>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replay event files (`herald replay --events FILE`): a list in YAML, or one flow mapping per
+// line (JSON lines, which are YAML too).
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplayEvent {
+    pub at: Spanned<String>,
+    #[serde(default)]
+    pub subject: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    pub incident: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub channel: Option<Spanned<String>>,
+    #[serde(default)]
+    pub value: Option<Spanned<String>>,
+    #[serde(default)]
+    pub severity: Option<Spanned<String>>,
+    #[serde(default)]
+    pub security: Option<bool>,
+}

@@ -239,7 +239,7 @@ fn resolve_instance(
     Some((inst.rule.value.clone(), subject))
 }
 
-fn parse_event(path: &str, e: &yaml::RawEvent) -> Result<Event, Diagnostic> {
+pub(crate) fn parse_event(path: &str, e: &yaml::RawEvent) -> Result<Event, Diagnostic> {
     let need = |field: &Option<Spanned<String>>, name: &str| {
         field.as_ref().map(|s| s.value.clone()).ok_or_else(|| err_at(path, &e.kind, format!("event {:?} needs `{name}`", e.kind.value)))
     };
