@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod expr;
+pub mod gameday;
 pub mod http;
 pub mod notify;
 pub mod replay;

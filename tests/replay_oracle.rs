@@ -157,13 +157,19 @@ fn every_firing_episode_matches_the_oracle_over_30_days() {
     let now = prometheus::now_unix() as i64;
     let t0 = (now - 32 * 86_400) / 86_400 * 86_400;
     let data = generate();
-    let mut om = OpenMetrics::new();
-    for (s, samples) in data.iter().enumerate() {
-        let name = format!("svc-{s:02}");
-        let points: Vec<(i64, f64)> = samples.iter().map(|(m, v)| (t0 + m * 60 + 30, *v)).collect();
-        om = om.series("oracle_value", &[("service", &name)], &points);
+    // One OpenMetrics file per day: promtool re-reads its whole input for every 2h block it
+    // writes, so one 30-day file would be parsed 360 times.
+    let mut builder = Prometheus::builder();
+    for day in 0..MINUTES / 1440 {
+        let mut om = OpenMetrics::new();
+        for (s, samples) in data.iter().enumerate() {
+            let name = format!("svc-{s:02}");
+            let points: Vec<(i64, f64)> = samples.range(day * 1440..(day + 1) * 1440).map(|(m, v)| (t0 + m * 60 + 30, *v)).collect();
+            om = om.series("oracle_value", &[("service", &name)], &points);
+        }
+        builder = builder.backfill(om.render());
     }
-    let prom = Prometheus::builder().backfill(om.render()).start();
+    let prom = builder.start();
 
     let dir = tempfile::tempdir().unwrap();
     let mut rules = String::from("groups:\n  - name: oracle\n    interval: 1m\n    subject: [service]\n    signals:\n      v: { query: 'oracle_value' }\n    rules:\n");

@@ -3,6 +3,7 @@
 //! This is the only layer that prints for the user and the only one using `anyhow`.
 
 mod check;
+mod gameday;
 mod live_source;
 mod replay;
 mod run;
@@ -32,6 +33,8 @@ pub enum Command {
     Test(TestArgs),
     /// Evaluate the rules over a past time range from Prometheus's history; never sends.
     Replay(replay::ReplayArgs),
+    /// Rehearse a scripted incident with the live rules; always dry-run ("[GAME DAY]").
+    Gameday(gameday::GamedayArgs),
 }
 
 /// `herald run`.
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(a),
         Command::Test(a) => test::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Gameday(a) => gameday::run(a),
     };
     match result {
         Ok(code) => code,

@@ -447,7 +447,7 @@ fn diff_text(out: &mut String, base: &Outcome, other: &Outcome, other_name: &str
             rows.push((it.at(), if sign == "-" { 0 } else { 1 }, row));
         }
     }
-    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    rows.sort_by_key(|r| (r.0, r.1));
     table(out, &rows.into_iter().map(|r| r.2).collect::<Vec<_>>());
     let count = |items: &[Item], f: fn(&Item) -> bool| items.iter().filter(|i| f(i)).count();
     let is_n: fn(&Item) -> bool = |i| matches!(i, Item::Notification { .. });

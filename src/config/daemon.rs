@@ -54,6 +54,9 @@ pub struct Global {
     /// Base URL for incident links (default `http://<listen>`).
     pub external_url: String,
     pub timezone: chrono_tz::Tz,
+    /// After downtime, the daemon first replays the missed evaluations from Prometheus's
+    /// history, up to this far back (default 1h; 0 disables). Older downtime is unknown.
+    pub catch_up: Duration,
 }
 
 /// `prometheus:`.
@@ -425,6 +428,7 @@ impl Validator<'_> {
             Some(tz) => self.timezone(tz),
             None => chrono_tz::UTC,
         };
+        let catch_up = self.duration(&g.catch_up, Duration::from_secs(3600));
 
         let prometheus = raw.prometheus.as_ref().map(|p| self.prometheus(p));
         let ticket_sources = self.ticket_sources(&raw.ticket_sources);
@@ -474,7 +478,7 @@ impl Validator<'_> {
         }
         Some(Config {
             path: path.to_path_buf(),
-            global: Global { evaluation_interval, listen, state_dir, external_url, timezone },
+            global: Global { evaluation_interval, listen, state_dir, external_url, timezone, catch_up },
             prometheus,
             ticket_sources,
             receivers,

@@ -213,6 +213,9 @@ pub struct RawGlobal {
     pub external_url: Option<Spanned<String>>,
     #[serde(default)]
     pub timezone: Option<Spanned<String>>,
+    /// Missed evaluations replayed from Prometheus's history after downtime (default 1h).
+    #[serde(default)]
+    pub catch_up: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -388,4 +391,25 @@ pub struct RawReplayEvent {
     pub severity: Option<Spanned<String>>,
     #[serde(default)]
     pub security: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Game-day scenarios (`herald gameday SCENARIO.yaml`): signal overrides in the `herald test`
+// input format.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// The step of the series (default 1m).
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    /// How long the game day lasts in scenario time (default: the longest series).
+    #[serde(default)]
+    pub duration: Option<Spanned<String>>,
+    /// `overlay` (over live data, the default) or `replace` (instead of it).
+    #[serde(default)]
+    pub data: Option<Spanned<String>>,
+    pub input: Vec<RawInput>,
 }

@@ -8,7 +8,9 @@
 //! If the commit fails, the in-memory state is rolled back, so the next evaluation makes the
 //! same decision again: nothing is lost and nothing is announced that is not recorded.
 
+mod catch_up;
 mod eval;
+pub mod rehearsal;
 mod reload;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -60,6 +62,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Bumped after every successful reload; the evaluation loop restarts its group tasks.
     pub reloaded: tokio::sync::watch::Sender<u64>,
+    /// Missed evaluations to replay before the loop starts: (group index, first missed time).
+    pub catch_up: Mutex<Vec<(usize, Ts)>>,
 }
 
 impl Shared {
@@ -75,18 +79,28 @@ impl Shared {
 
 impl Shared {
     /// Builds the shared state from a configuration and an opened store: loads the engine
-    /// state and treats the time since each group's last evaluation as unknown (downtime
-    /// neither advances `for` nor counts down `keep_firing_for`). `run` uses it; tests use it
-    /// to drive tasks such as the delivery worker in-process.
+    /// state; downtime older than `global.catch_up` is unknown (it neither advances `for` nor
+    /// counts down `keep_firing_for`), and the more recent missed evaluations are planned for
+    /// [`catch_up::catch_up`], which `run` does before anything else (if it cannot read the
+    /// history, that time is unknown too). Tests use it to drive tasks in-process.
     pub fn new(config: Config, store: Store, options: RunOptions) -> Result<Shared, DaemonError> {
         let mut state = store.load_state()?;
         let last = store.group_evals()?;
         let now = now_ms();
-        for g in &config.rules.groups {
-            if let Some(at) = last.get(&g.name) {
+        let bound = config.global.catch_up.as_millis() as Ts;
+        let mut catch_up = Vec::new();
+        for (gi, g) in config.rules.groups.iter().enumerate() {
+            if let Some(&at) = last.get(&g.name) {
                 let rules: Vec<&str> = g.rules.iter().map(|r| r.name.as_str()).collect();
-                state.hold_timers(&rules, now);
-                tracing::info!(group = %g.name, down_for_s = (now - at) / 1000, "resuming group");
+                // Downtime beyond `global.catch_up` is unknown; the rest is replayed from
+                // history before the loop starts (see `catch_up`).
+                let resume = if bound > 0 { at.max(now - bound) } else { now };
+                state.hold_timers(&rules, resume);
+                let interval = g.interval_or(config.global.evaluation_interval).as_millis() as Ts;
+                if now - resume > interval {
+                    catch_up.push((gi, resume + interval));
+                }
+                tracing::info!(group = %g.name, down_for_s = (now - at) / 1000, catch_up_s = (now - resume) / 1000, "resuming group");
             }
         }
         tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
@@ -101,6 +115,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             reloaded: tokio::sync::watch::Sender::new(0),
+            catch_up: Mutex::new(catch_up),
         })
     }
 }
@@ -116,9 +131,9 @@ pub enum DaemonError {
     Http(std::io::Error),
 }
 
-/// Unix milliseconds now.
+/// Unix milliseconds now: the wall clock, or a game day's accelerated clock ([`rehearsal`]).
 pub fn now_ms() -> Ts {
-    chrono::Utc::now().timestamp_millis()
+    rehearsal::now_ms()
 }
 
 /// Opens the state, resumes where the last run stopped, and runs until `shutdown` resolves.
@@ -132,6 +147,7 @@ pub async fn run<S: MetricsSource + 'static>(
     let store = Store::open_dir(&config.global.state_dir)?;
     let shared = Arc::new(Shared::new(config, store, options)?);
     let token = shared.shutdown.clone();
+    catch_up::catch_up(&shared, source.as_ref()).await;
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(evaluation_loop(shared.clone(), source.clone()));
@@ -199,7 +215,7 @@ async fn group_task<S: MetricsSource + 'static>(
 ) {
     let group = &config.rules.groups[gi];
     let interval = group.interval_or(config.global.evaluation_interval);
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval(rehearsal::real(interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut cache = SignalCache::default();
     let mut first_done = false;

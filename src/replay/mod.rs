@@ -36,7 +36,7 @@ pub use report::{summarize, IncidentRecord, IncidentSummary};
 
 use crate::config::daemon::TicketKind;
 use crate::config::{Config, PromDuration, SignalSource};
-use crate::engine::{ChangeKind, Engine, Event, GroupInput, Incident, Phase, SlotValues, State, Subject, Transition, Ts};
+use crate::engine::{ChangeKind, Engine, Event, GroupInput, Incident, Phase, SlotValues, State, StepOutput, Subject, Transition, Ts};
 use crate::source::tickets::{BASELINE_DAYS, DAY_MS};
 use crate::source::{median, MetricsSource, RangeSeries, SourceError, MAX_POINTS_PER_SERIES};
 
@@ -241,6 +241,9 @@ impl GroupChunk {
     }
 }
 
+/// Ticket counts as of a poll: (polled at, tickets, baseline).
+type TicketSnapshot = (Ts, HashMap<Subject, f64>, HashMap<Subject, f64>);
+
 /// Everything carried across chunks.
 struct Run<'a> {
     config: &'a Config,
@@ -251,7 +254,7 @@ struct Run<'a> {
     /// `every:` signals: (group, slot) → (fetched at, values).
     holds: HashMap<(usize, usize), (Ts, HashMap<Subject, f64>)>,
     /// Ticket counts: (source, subject labels) → (fetched at, tickets, baseline).
-    ticket_cache: HashMap<(String, Vec<String>), (Ts, HashMap<Subject, f64>, HashMap<Subject, f64>)>,
+    ticket_cache: HashMap<(String, Vec<String>), TicketSnapshot>,
     /// When each instance last became active: (rule, subject) → time.
     active_since: HashMap<(String, Subject), Ts>,
     /// Incident id → index in `out.incidents`.
@@ -260,14 +263,54 @@ struct Run<'a> {
 
 /// Replays `config`'s groups over `[opts.from, opts.to]` against `source`.
 pub async fn replay<S: MetricsSource>(config: &Config, source: &S, opts: &Options) -> Outcome {
+    let start = vec![opts.from; config.rules.groups.len()];
+    drive(config, source, opts, State::default(), start, false).await.0
+}
+
+/// What [`catch_up`] hands back to the daemon.
+pub struct CatchUp {
+    /// The state after the missed evaluations.
+    pub state: State,
+    /// Every evaluation's output, in time order: (group index, time, output).
+    pub steps: Vec<(usize, Ts, StepOutput)>,
+    /// Range queries that kept failing (then the daemon treats the downtime as unknown).
+    pub failures: Vec<ChunkFailure>,
+}
+
+/// The daemon's catch-up after downtime: evaluates each listed group from its first missed
+/// evaluation time up to `to` (inclusive) on `state`, exactly as the live loop would have,
+/// and returns the new state and every step's output. Nothing is planned or sent here.
+pub async fn catch_up<S: MetricsSource>(config: &Config, source: &S, state: State, first: &[(usize, Ts)], to: Ts) -> CatchUp {
+    let mut start = vec![Ts::MAX; config.rules.groups.len()];
+    for &(gi, t) in first {
+        // Whole seconds: range queries are answered at whole-second steps.
+        start[gi] = t.div_euclid(1000) * 1000 + if t.rem_euclid(1000) == 0 { 0 } else { 1000 };
+    }
+    let from = start.iter().copied().min().unwrap_or(to);
+    let mut opts = Options::new(from, to);
+    opts.attempts = 2;
+    let (out, state, steps) = drive(config, source, &opts, state, start, true).await;
+    CatchUp { state, steps, failures: out.failures }
+}
+
+/// The replay loop: every group from `next[gi]` (`Ts::MAX`: not at all) to `opts.to`, on `state`.
+async fn drive<S: MetricsSource>(
+    config: &Config,
+    source: &S,
+    opts: &Options,
+    state: State,
+    mut next: Vec<Ts>,
+    keep_steps: bool,
+) -> (Outcome, State, Vec<(usize, Ts, StepOutput)>) {
     let groups = &config.rules.groups;
     let ivs: Vec<i64> = groups.iter().map(|g| (opts.step.unwrap_or(g.interval_or(config.global.evaluation_interval)).as_millis() as i64).max(1)).collect();
     let min_iv = ivs.iter().copied().min().unwrap_or(60_000);
     let max_points = opts.max_points.clamp(1, MAX_POINTS_PER_SERIES);
+    let mut steps_out = Vec::new();
     let mut run = Run {
         config,
         engine: Engine::new(),
-        state: State::default(),
+        state,
         emulator: notifications::Emulator::new(config),
         out: Outcome { from: opts.from, to: opts.to, ..Outcome::default() },
         holds: HashMap::new(),
@@ -276,10 +319,9 @@ pub async fn replay<S: MetricsSource>(config: &Config, source: &S, opts: &Option
         incident_index: HashMap::new(),
     };
     run.note_ticket_sources();
-    let mut next: Vec<Ts> = vec![opts.from; groups.len()];
     let mut events = opts.events.iter().peekable();
     let mut steps = FIRST_CHUNK_STEPS.min(max_points);
-    let mut chunk_start = opts.from;
+    let mut chunk_start = next.iter().copied().min().unwrap_or(opts.from);
     while chunk_start <= opts.to && !groups.is_empty() {
         let chunk_end = chunk_start.saturating_add(steps * min_iv - 1).min(opts.to);
         run.out.chunks += 1;
@@ -296,14 +338,16 @@ pub async fn replay<S: MetricsSource>(config: &Config, source: &S, opts: &Option
             chunks.push(Some(c));
         }
         // Walk the chunk in time order: events first, then the groups due at that instant.
-        loop {
-            let Some((t, gi)) = (0..groups.len()).filter(|&gi| next[gi] <= chunk_end).map(|gi| (next[gi], gi)).min() else { break };
+        while let Some((t, gi)) = (0..groups.len()).filter(|&gi| next[gi] <= chunk_end).map(|gi| (next[gi], gi)).min() {
             while let Some(e) = events.next_if(|e| e.at <= t) {
                 run.apply_event(e);
             }
             let chunk = chunks[gi].as_ref().expect("fetched for every group due in the chunk");
             let idx = ((t - chunk.first) / ivs[gi]) as usize;
-            run.evaluate(gi, chunk, idx, t);
+            let out = run.evaluate(gi, chunk, idx, t);
+            if keep_steps {
+                steps_out.push((gi, t, out));
+            }
             next[gi] += ivs[gi];
         }
         // Size the next chunk by what this one held.
@@ -322,7 +366,7 @@ pub async fn replay<S: MetricsSource>(config: &Config, source: &S, opts: &Option
             run.out.notes.push(format!("{}: event {} at {} is after the end of the replay; not applied", e.location, e.event.kind(), e.at));
         }
     }
-    run.out
+    (run.out, run.state, steps_out)
 }
 
 async fn fetch<S: MetricsSource>(source: &S, query: &str, first: Ts, last: Ts, step: i64, opts: &Options, requests: &mut u64) -> Result<Vec<RangeSeries>, (String, u32)> {
@@ -406,7 +450,7 @@ impl Run<'_> {
         chunk
     }
 
-    fn evaluate(&mut self, gi: usize, chunk: &GroupChunk, idx: usize, t: Ts) {
+    fn evaluate(&mut self, gi: usize, chunk: &GroupChunk, idx: usize, t: Ts) -> StepOutput {
         let config = self.config;
         let g = &config.rules.groups[gi];
         let mut input = GroupInput::new(g);
@@ -455,7 +499,8 @@ impl Run<'_> {
         self.out.notifications.extend(planned);
         let repeats = self.emulator.repeats(&self.state, t);
         self.out.notifications.extend(repeats);
-        self.out.transitions.extend(out.transitions);
+        self.out.transitions.extend(out.transitions.iter().cloned());
+        out
     }
 
     /// `tickets` and `tickets_baseline` at `t`, with the live poll cache.
