@@ -18,6 +18,9 @@ use crate::source::{MetricsSource, RangeSeries, Sample, SourceError};
 use crate::store::{Store, StoreError};
 use crate::testing::parse_series;
 
+/// Per subject, a scripted value (or none) at every step.
+pub type Scripted = HashMap<Subject, Vec<Option<f64>>>;
+
 /// A validated scenario.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
@@ -29,7 +32,7 @@ pub struct Scenario {
     /// Scripted values replace live data entirely (else they overlay it).
     pub replace: bool,
     /// Per signal name: per subject, a value (or none) at every step.
-    pub overrides: BTreeMap<String, HashMap<Subject, Vec<Option<f64>>>>,
+    pub overrides: BTreeMap<String, Scripted>,
 }
 
 /// Reads and validates a scenario against the rules it will run with.
@@ -52,7 +55,7 @@ pub fn load_scenario(path: &Path, rules: &RuleSet) -> Result<Scenario, Diagnosti
             false
         }
     };
-    let mut overrides: BTreeMap<String, HashMap<Subject, Vec<Option<f64>>>> = BTreeMap::new();
+    let mut overrides: BTreeMap<String, Scripted> = BTreeMap::new();
     let mut longest = 0usize;
     for input in &raw.input {
         let subject = Subject::new(input.subject.value.clone());
@@ -112,7 +115,7 @@ pub struct ScenarioSource<S> {
     interval: Ts,
     replace: bool,
     /// Query text → (subject labels, the overrides of its signal).
-    by_query: HashMap<String, (Vec<String>, HashMap<Subject, Vec<Option<f64>>>)>,
+    by_query: HashMap<String, (Vec<String>, Scripted)>,
 }
 
 impl<S: MetricsSource> ScenarioSource<S> {
@@ -122,7 +125,7 @@ impl<S: MetricsSource> ScenarioSource<S> {
         for g in &rules.groups {
             for s in &g.signals {
                 let (SignalSource::Query(q), Some(o)) = (&s.source, scenario.overrides.get(&s.name)) else { continue };
-                let mine: HashMap<Subject, Vec<Option<f64>>> =
+                let mine: Scripted =
                     o.iter().filter(|(subj, _)| subj.has_label_names(&g.subject_labels)).map(|(k, v)| (k.clone(), v.clone())).collect();
                 if !mine.is_empty() {
                     by_query.entry(q.clone()).or_insert((g.subject_labels.clone(), mine));

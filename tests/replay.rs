@@ -113,7 +113,7 @@ impl Site {
     }
 
     fn at(&self, m: i64) -> String {
-        chrono_like(min(self.t0, m))
+        rfc3339(min(self.t0, m))
     }
 
     fn replay(&self, extra: &[&str]) -> Output {
@@ -123,22 +123,8 @@ impl Site {
     }
 }
 
-/// RFC 3339 (UTC, seconds) without a date library: days from the civil calendar.
-fn chrono_like(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Howard Hinnant's days_from_civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0).expect("a valid time").format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn stdout(o: &Output) -> String {
@@ -201,7 +187,7 @@ fn replay_prints_the_timeline_the_figures_and_the_contract_json_and_sends_nothin
     let n = |m: i64, s: i64, rule: &str, receiver: &str, status: &str| {
         let mut at = site.at(m);
         if s > 0 {
-            at = chrono_like(min(site.t0, m) + s);
+            at = rfc3339(min(site.t0, m) + s);
         }
         serde_json::json!({"at": at, "rule": rule, "subject": checkout, "receiver": receiver, "status": status})
     };
@@ -225,7 +211,7 @@ fn replay_prints_the_timeline_the_figures_and_the_contract_json_and_sends_nothin
     let line = |needle: &str| text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}")).to_string();
     let fired = line("pending → firing");
     assert!(fired.starts_with(&site.at(66)) && fired.contains(r#"{service="checkout"}"#) && fired.contains("ActivateCommsLead") && fired.contains("page → pager"), "{fired}");
-    assert!(line("PreparePublicUpdate  inactive → firing").contains(&format!("prompt → chat at {}", chrono_like(min(site.t0, 81) + 10))), "{text}");
+    assert!(line("PreparePublicUpdate  inactive → firing").contains(&format!("prompt → chat at {}", rfc3339(min(site.t0, 81) + 10))), "{text}");
     assert!(line("event ack").starts_with(&site.at(100)), "{text}");
     let opened = line("incident INC-1");
     assert!(opened.starts_with(&site.at(66)) && opened.ends_with("opened"), "{text}");

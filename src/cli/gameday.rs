@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::EXIT_USAGE;
@@ -19,7 +18,7 @@ use crate::config::{self, daemon::process_env};
 use crate::daemon::{self, rehearsal, RunOptions};
 use crate::engine::Ts;
 use crate::gameday::{self, ScenarioSource};
-use crate::replay::report::{show_duration, IncidentSummary};
+use crate::replay::report::{rfc3339, show_duration, IncidentSummary};
 use crate::replay::summarize;
 
 /// `herald gameday`.
@@ -38,9 +37,6 @@ pub struct GamedayArgs {
     pub listen: Option<SocketAddr>,
 }
 
-fn rfc3339(ms: Ts) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
-}
 
 #[derive(Serialize)]
 struct Report<'a> {

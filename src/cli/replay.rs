@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use serde::Serialize;
 
 use super::{EXIT_FAILED, EXIT_USAGE};
 use crate::config::{self, daemon::process_env, Config, Diagnostics, PromDuration};
 use crate::engine::{ChangeKind, DecisionStatus, Subject, Ts};
 use crate::replay::diff::{self, Diff, Item};
-use crate::replay::report::show_duration;
+use crate::replay::report::{rfc3339, show_duration};
 use crate::replay::{self, Outcome, Planned};
 use crate::source::MAX_POINTS_PER_SERIES;
 
@@ -175,9 +175,6 @@ fn other_rules(config: &Config, patterns: &[String]) -> Result<Config, Diagnosti
     Ok(other)
 }
 
-fn rfc3339(ms: Ts) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
-}
 
 fn status_str(s: DecisionStatus) -> &'static str {
     match s {

@@ -17,9 +17,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-
 use crate::engine::{Decision, DecisionStatus, Incident, Phase, State, StepOutput, Subject, Ts};
+use crate::replay::report::rfc3339;
 use crate::source::MetricsSource;
 use crate::store::Commit;
 
@@ -88,9 +87,6 @@ pub async fn catch_up<S: MetricsSource>(shared: &Arc<Shared>, source: &S) {
     }
 }
 
-fn rfc3339(ms: Ts) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
-}
 
 fn firing(state: &State, rule: &str, subject: &Subject) -> bool {
     state.instances.get(rule).and_then(|m| m.get(subject)).is_some_and(|i| i.phase == Phase::Firing)

@@ -90,6 +90,11 @@ impl Measure {
     }
 }
 
+/// A time as RFC 3339 UTC at one-second precision (`2026-11-20T10:05:00Z`).
+pub fn rfc3339(ms: Ts) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
 /// A duration in Prometheus syntax, at one-second precision (`1h4m`, `45s`, `0s`).
 pub fn show_duration(ms: Ts) -> String {
     let secs = (ms.max(0) / 1000) as u64;
