@@ -64,6 +64,9 @@ pub struct Options {
     pub retry_delay: Duration,
     /// People's events, sorted by time.
     pub events: Vec<TimedEvent>,
+    /// Stop at the first range query that keeps failing (the daemon's catch-up: it must not
+    /// hold up the start for long when Prometheus is down).
+    pub stop_on_failure: bool,
 }
 
 impl Options {
@@ -77,6 +80,7 @@ impl Options {
             attempts: 3,
             retry_delay: Duration::from_millis(500),
             events: Vec::new(),
+            stop_on_failure: false,
         }
     }
 }
@@ -288,7 +292,8 @@ pub async fn catch_up<S: MetricsSource>(config: &Config, source: &S, state: Stat
     }
     let from = start.iter().copied().min().unwrap_or(to);
     let mut opts = Options::new(from, to);
-    opts.attempts = 2;
+    opts.attempts = 1;
+    opts.stop_on_failure = true;
     let (out, state, steps) = drive(config, source, &opts, state, start, true).await;
     CatchUp { state, steps, failures: out.failures }
 }
@@ -336,6 +341,9 @@ async fn drive<S: MetricsSource>(
             let c = run.fetch_group(source, gi, next[gi], ivs[gi], n, opts).await;
             points += c.series() as i64 * n as i64;
             chunks.push(Some(c));
+            if opts.stop_on_failure && !run.out.failures.is_empty() {
+                return (run.out, run.state, steps_out);
+            }
         }
         // Walk the chunk in time order: events first, then the groups due at that instant.
         while let Some((t, gi)) = (0..groups.len()).filter(|&gi| next[gi] <= chunk_end).map(|gi| (next[gi], gi)).min() {
