@@ -3,8 +3,10 @@
 //! This is the only layer that prints for the user and the only one using `anyhow`.
 
 mod check;
+mod gameday;
 mod live_source;
 mod logging;
+mod replay;
 mod run;
 mod test;
 
@@ -30,6 +32,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Run rule unit tests on synthetic signals.
     Test(TestArgs),
+    /// Evaluate the rules over a past time range from Prometheus's history; never sends.
+    Replay(replay::ReplayArgs),
+    /// Rehearse a scripted incident with the live rules; always dry-run ("[GAME DAY]").
+    Gameday(gameday::GamedayArgs),
 }
 
 /// `herald run`.
@@ -98,6 +104,8 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Check(a) => check::run(a),
         Command::Test(a) => test::run(a),
+        Command::Replay(a) => replay::run(a),
+        Command::Gameday(a) => gameday::run(a),
     };
     match result {
         Ok(code) => code,

@@ -80,6 +80,9 @@ pub struct Global {
     /// How long finished outbox entries (sent, failed, suppressed, dry-run) and resolved
     /// incidents with their events are kept before they are pruned (default 30d).
     pub retention: Duration,
+    /// After downtime, the daemon first replays the missed evaluations from Prometheus's
+    /// history, up to this far back (default 1h; 0 disables). Older downtime is unknown.
+    pub catch_up: Duration,
 }
 
 /// The default of `global.retention`.
@@ -291,6 +294,44 @@ pub fn load_config(path: &Path, env: Env<'_>) -> Result<(Config, Diagnostics), D
     }
 }
 
+/// The checks between rules and the rest of a configuration: every `notify` names a receiver,
+/// query signals need `prometheus:`, ticket signals name a configured source (a warning).
+/// `load_config` runs them; `herald replay --diff` runs them on the other rule set.
+pub fn cross_check(rules: &RuleSet, receivers: &[Receiver], has_prometheus: bool, ticket_sources: &[TicketSource]) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
+    for g in &rules.groups {
+        for r in &g.rules {
+            for (n, l) in r.notify.iter().zip(&r.notify_locations) {
+                if !names.contains(&n.as_str()) {
+                    let known = if names.is_empty() { "none are defined".to_string() } else { format!("defined: {}", names.join(", ")) };
+                    diags.push(Diagnostic::error(&l.path, l.line, l.col, format!("rule {:?}: unknown receiver {n:?} ({known})", r.name)));
+                }
+            }
+        }
+        for s in &g.signals {
+            match &s.source {
+                SignalSource::Query(_) if !has_prometheus => diags.push(Diagnostic::error(
+                    &g.location.path,
+                    g.location.line,
+                    g.location.col,
+                    format!("group {:?}: signal {:?} is a PromQL query but the config has no `prometheus:` section", g.name, s.name),
+                )),
+                SignalSource::Tickets { source, .. } if !ticket_sources.iter().any(|t| &t.name == source) => {
+                    diags.push(Diagnostic::warning(
+                        &g.location.path,
+                        g.location.line,
+                        g.location.col,
+                        format!("group {:?}: signal {:?} uses ticket source {source:?}, which is not configured; rules that need it stay unknown", g.name, s.name),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    diags
+}
+
 struct Validator<'a> {
     path: &'a str,
     base: &'a Path,
@@ -426,6 +467,7 @@ impl Validator<'_> {
         if let Some(r) = g.retention.as_ref().filter(|_| retention < MIN_RETENTION) {
             self.err(r, "retention must be at least 1h (it bounds how long sent notifications and resolved incidents are kept)");
         }
+        let catch_up = self.duration(&g.catch_up, Duration::from_secs(3600));
 
         let prometheus = raw.prometheus.as_ref().map(|p| self.prometheus(p));
         let ticket_sources = self.ticket_sources(&raw.ticket_sources);
@@ -487,41 +529,12 @@ impl Validator<'_> {
         // cross-checks
         if let Some(rules) = &rules {
             self.receiver_templates(&raw.receivers, rules, &external_url);
-            let names: Vec<&str> = receivers.iter().map(|r| r.name.as_str()).collect();
-            for g in &rules.groups {
-                for r in &g.rules {
-                    for (n, l) in r.notify.iter().zip(&r.notify_locations) {
-                        if !names.contains(&n.as_str()) {
-                            let known = if names.is_empty() { "none are defined".to_string() } else { format!("defined: {}", names.join(", ")) };
-                            self.diags.push(Diagnostic::error(&l.path, l.line, l.col, format!("rule {:?}: unknown receiver {n:?} ({known})", r.name)));
-                        }
-                    }
-                }
-                for s in &g.signals {
-                    match &s.source {
-                        SignalSource::Query(_) if prometheus.is_none() => self.diags.push(Diagnostic::error(
-                            &g.location.path,
-                            g.location.line,
-                            g.location.col,
-                            format!("group {:?}: signal {:?} is a PromQL query but the config has no `prometheus:` section", g.name, s.name),
-                        )),
-                        SignalSource::Tickets { source, .. } if !ticket_sources.iter().any(|t| &t.name == source) => {
-                            self.diags.push(Diagnostic::warning(
-                                &g.location.path,
-                                g.location.line,
-                                g.location.col,
-                                format!("group {:?}: signal {:?} uses ticket source {source:?}, which is not configured; rules that need it stay unknown", g.name, s.name),
-                            ))
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            self.diags.extend(cross_check(rules, &receivers, prometheus.is_some(), &ticket_sources));
         }
         let shard = self.shard(&raw.shard);
         Some(Config {
             path: path.to_path_buf(),
-            global: Global { evaluation_interval, listen, state_dir, external_url, timezone, retention },
+            global: Global { evaluation_interval, listen, state_dir, external_url, timezone, retention, catch_up },
             prometheus,
             ticket_sources,
             receivers,

@@ -340,6 +340,9 @@ pub struct RawGlobal {
     /// How long delivered/failed notifications and resolved incidents are kept (default 30d).
     #[serde(default)]
     pub retention: Option<Spanned<String>>,
+    /// Missed evaluations replayed from Prometheus's history after downtime (default 1h).
+    #[serde(default)]
+    pub catch_up: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -569,4 +572,49 @@ pub struct RawDrafts {
     /// A directory of minijinja templates that override the built-in ones by file name.
     #[serde(default)]
     pub templates_dir: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay event files (`herald replay --events FILE`): a list in YAML, or one flow mapping per
+// line (JSON lines, which are YAML too).
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplayEvent {
+    pub at: Spanned<String>,
+    #[serde(default)]
+    pub subject: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    pub incident: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub channel: Option<Spanned<String>>,
+    #[serde(default)]
+    pub value: Option<Spanned<String>>,
+    #[serde(default)]
+    pub severity: Option<Spanned<String>>,
+    #[serde(default)]
+    pub security: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Game-day scenarios (`herald gameday SCENARIO.yaml`): signal overrides in the `herald test`
+// input format.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// The step of the series (default 1m).
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    /// How long the game day lasts in scenario time (default: the longest series).
+    #[serde(default)]
+    pub duration: Option<Spanned<String>>,
+    /// `overlay` (over live data, the default) or `replace` (instead of it).
+    #[serde(default)]
+    pub data: Option<Spanned<String>>,
+    pub input: Vec<RawInput>,
 }

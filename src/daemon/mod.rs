@@ -8,7 +8,9 @@
 //! If the commit fails, the in-memory state is rolled back, so the next evaluation makes the
 //! same decision again: nothing is lost and nothing is announced that is not recorded.
 
+mod catch_up;
 mod eval;
+pub mod rehearsal;
 mod reload;
 mod samples;
 
@@ -77,6 +79,8 @@ pub struct Shared {
     /// (rule, subject) pairs someone asked to explain: each later evaluation of the pair is
     /// recorded (the last [`EXPLAIN_HISTORY`]), so the API shows the last evaluations.
     pub explain_watch: Mutex<HashMap<(String, crate::engine::Subject), std::collections::VecDeque<crate::engine::explain::Explanation>>>,
+    /// Missed evaluations to replay before the loop starts: (group index, first missed time).
+    pub catch_up: Mutex<Vec<(usize, Ts)>>,
 }
 
 /// Evaluations kept per explained (rule, subject).
@@ -101,18 +105,28 @@ impl Shared {
 
 impl Shared {
     /// Builds the shared state from a configuration and an opened store: loads the engine
-    /// state and treats the time since each group's last evaluation as unknown (downtime
-    /// neither advances `for` nor counts down `keep_firing_for`). `run` uses it; tests use it
-    /// to drive tasks such as the delivery worker in-process.
+    /// state; downtime older than `global.catch_up` is unknown (it neither advances `for` nor
+    /// counts down `keep_firing_for`), and the more recent missed evaluations are planned for
+    /// [`catch_up::catch_up`], which `run` does before anything else (if it cannot read the
+    /// history, that time is unknown too). Tests use it to drive tasks in-process.
     pub fn new(config: Config, store: Store, options: RunOptions) -> Result<Shared, DaemonError> {
         let mut state = store.load_state()?;
         let last = store.group_evals()?;
         let now = now_ms();
-        for g in &config.rules.groups {
-            if let Some(at) = last.get(&g.name) {
+        let bound = config.global.catch_up.as_millis() as Ts;
+        let mut catch_up = Vec::new();
+        for (gi, g) in config.rules.groups.iter().enumerate() {
+            if let Some(&at) = last.get(&g.name) {
                 let rules: Vec<&str> = g.rules.iter().map(|r| r.name.as_str()).collect();
-                state.hold_timers(&rules, now);
-                tracing::info!(group = %g.name, down_for_s = (now - at) / 1000, "resuming group");
+                // Downtime beyond `global.catch_up` is unknown; the rest is replayed from
+                // history before the loop starts (see `catch_up`).
+                let resume = if bound > 0 { at.max(now - bound) } else { now };
+                state.hold_timers(&rules, resume);
+                let interval = g.interval_or(config.global.evaluation_interval).as_millis() as Ts;
+                if now - resume > interval {
+                    catch_up.push((gi, resume + interval));
+                }
+                tracing::info!(group = %g.name, down_for_s = (now - at) / 1000, catch_up_s = (now - resume) / 1000, "resuming group");
             }
         }
         tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
@@ -132,6 +146,7 @@ impl Shared {
             resume: Mutex::new(last),
             last_inputs: Mutex::new(HashMap::new()),
             explain_watch: Mutex::new(HashMap::new()),
+            catch_up: Mutex::new(catch_up),
         })
     }
 }
@@ -149,9 +164,9 @@ pub enum DaemonError {
     Http(std::io::Error),
 }
 
-/// Unix milliseconds now.
+/// Unix milliseconds now: the wall clock, or a game day's accelerated clock ([`rehearsal`]).
 pub fn now_ms() -> Ts {
-    chrono::Utc::now().timestamp_millis()
+    rehearsal::now_ms()
 }
 
 /// Opens the state, resumes where the last run stopped, and runs until `shutdown` resolves.
@@ -177,6 +192,7 @@ pub async fn run<S: MetricsSource + 'static>(
     let _lock = opened.lock;
     let shared = Arc::new(Shared::new(config, opened.store, options)?);
     let token = shared.shutdown.clone();
+    catch_up::catch_up(&shared, source.as_ref()).await;
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(evaluation_loop(shared.clone(), source.clone()));
@@ -265,7 +281,8 @@ async fn group_task<S: MetricsSource + 'static>(
         if wait > 0 {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                // A game day's clock runs faster: its ticks are that much closer in real time.
+                _ = tokio::time::sleep(rehearsal::real(Duration::from_millis(wait as u64))) => {}
             }
         }
         if stop.is_cancelled() {

@@ -76,7 +76,7 @@ pub trait TicketCounter: Send + Sync {
     fn counts(&self, subjects: &[Subject], subject_labels: &[String], at: Ts) -> impl Future<Output = Result<TicketCounts, SourceError>> + Send;
 }
 
-fn show_labels(l: &BTreeMap<String, String>) -> String {
+pub(crate) fn show_labels(l: &BTreeMap<String, String>) -> String {
     let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
     format!("{{{}}}", inner.join(", "))
 }

@@ -334,7 +334,7 @@ fn resolve_instance(
 }
 
 /// Reads a test-file event through the one event grammar, placing its error at the field.
-fn parse_event(path: &str, e: &yaml::RawEvent) -> Result<Event, Diagnostic> {
+pub(crate) fn parse_event(path: &str, e: &yaml::RawEvent) -> Result<Event, Diagnostic> {
     fn text(f: &Option<Spanned<String>>) -> Option<&str> {
         f.as_ref().map(|s| s.value.as_str())
     }
