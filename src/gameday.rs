@@ -40,7 +40,7 @@ pub fn load_scenario(path: &Path, rules: &RuleSet) -> Result<Scenario, Diagnosti
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Diagnostics(vec![Diagnostic::error(&shown, 0, 0, format!("cannot read scenario: {e}"))]))?;
-    let raw: RawScenario = yaml::parse(&shown, &text).map_err(|d| Diagnostics(vec![d]))?;
+    let raw: RawScenario = yaml::parse_all(&shown, &text)?;
     let mut diags = Diagnostics::default();
     let interval = raw.interval.as_ref().and_then(|s| duration_at(&shown, s, &mut diags)).map_or(60_000, |d| d.as_millis() as Ts);
     if interval == 0 {

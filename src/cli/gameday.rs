@@ -129,7 +129,7 @@ pub fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => eprintln!("herald gameday: interrupted; reporting what happened so far"),
         }
     };
-    let options = RunOptions { dry_run: true, reload_requests: None };
+    let options = RunOptions { dry_run: true, reload_requests: None, fresh_state: false };
     if let Err(e) = runtime.block_on(daemon::run(config, listener, source, options, shutdown)) {
         eprintln!("herald gameday: {e}");
         return Ok(ExitCode::from(super::EXIT_FAILED));

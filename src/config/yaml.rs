@@ -77,6 +77,16 @@ impl<T> Parsed<T> {
     }
 }
 
+/// [`parse`] for files with no later semantic pass of their own: every schema error (all of
+/// them, located) refuses the file.
+pub fn parse_all<T: DeserializeOwned>(path: &str, text: &str) -> Result<T, Diagnostics> {
+    let parsed = parse::<T>(path, text)?;
+    if parsed.has_errors() {
+        return Err(parsed.finish(Diagnostics::default()));
+    }
+    Ok(parsed.value)
+}
+
 /// Parses one YAML document into `T`, reporting every schema error with its location.
 ///
 /// Syntax errors (which leave no tree) and a document whose top level is unusable are `Err`.
@@ -596,6 +606,10 @@ pub struct RawReplayEvent {
     pub severity: Option<Spanned<String>>,
     #[serde(default)]
     pub security: Option<bool>,
+    #[serde(default)]
+    pub actor: Option<Spanned<String>>,
+    #[serde(default)]
+    pub note: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------

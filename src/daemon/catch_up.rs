@@ -65,6 +65,7 @@ pub async fn catch_up<S: MetricsSource>(shared: &Arc<Shared>, source: &S) {
         events: Vec::new(),
         outbox: entries,
         group_evals: last_eval.iter().map(|(gi, t)| (config.rules.groups[*gi].name.as_str(), *t)).collect(),
+        ..Default::default()
     };
     let core = &mut *core;
     let saved = std::mem::replace(&mut core.state, result.state);

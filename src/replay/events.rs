@@ -60,21 +60,23 @@ pub fn parse_events(shown: &str, text: &str, now: Ts) -> Result<Vec<TimedEvent>,
                 continue;
             }
             let offset = i as u64;
-            match yaml::parse::<RawReplayEvent>(shown, line) {
+            match yaml::parse_all::<RawReplayEvent>(shown, line) {
                 Ok(mut e) => {
                     shift(&mut e, offset);
                     raw.push(e);
                 }
-                Err(mut d) => {
-                    d.line = d.line.max(1) + offset;
-                    diags.push(d);
+                Err(ds) => {
+                    for mut d in ds.0 {
+                        d.line = d.line.max(1) + offset;
+                        diags.push(d);
+                    }
                 }
             }
         }
     } else {
-        match yaml::parse::<Vec<RawReplayEvent>>(shown, text) {
+        match yaml::parse_all::<Vec<RawReplayEvent>>(shown, text) {
             Ok(v) => raw = v,
-            Err(d) => diags.push(d),
+            Err(ds) => diags.extend(ds),
         }
     }
     let mut out = Vec::new();
@@ -109,6 +111,9 @@ pub fn parse_events(shown: &str, text: &str, now: Ts) -> Result<Vec<TimedEvent>,
             value: e.value.clone(),
             severity: e.severity.clone(),
             security: e.security,
+            actor: e.actor.clone(),
+            note: e.note.clone(),
+            incident: None,
         };
         let event = match crate::testing::parse_event(shown, &plain) {
             Ok(ev) => Some(ev),
