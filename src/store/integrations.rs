@@ -120,6 +120,12 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 impl Store {
     /// Writes a commit and the integration rows in one transaction.
     pub fn commit_extra(&mut self, state: &State, c: &Commit<'_>, x: &Extra) -> Result<(), StoreError> {
+        // Counted like `commit`: a failing evaluation save makes the daemon unready.
+        let result = self.write_extra(state, c, x);
+        self.saves.record(result, true)
+    }
+
+    fn write_extra(&mut self, state: &State, c: &Commit<'_>, x: &Extra) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         write_commit(&tx, state, c)?;
         {
