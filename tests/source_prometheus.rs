@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use herald::config::daemon::{Auth, PrometheusConfig, TicketKind, TicketSource};
 use herald::engine::Subject;
-use herald::source::{key_by_subject, MetricsSource, PrometheusSource, SourceError, TicketCounter, TicketSourceClient, MAX_POINTS_PER_SERIES};
+use herald::source::{key_by_subject, MetricsSource, PrometheusSource, SourceError, SubjectInterner, TicketCounter, TicketSourceClient, MAX_POINTS_PER_SERIES};
 use prometheus::{now_unix, Exporter, OpenMetrics, Prometheus};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -69,6 +69,24 @@ fn instant_queries_against_a_real_prometheus() {
         assert_eq!(keyed.len(), 2);
         assert_eq!(keyed[&service("checkout")], 0.97);
         assert_eq!(keyed[&service("search")], 0.999);
+        // The daemon's lean parse keys the same answer identically, errors included.
+        let mut interner = SubjectInterner::default();
+        let lean = source.instant_keyed("sli", now_ms(), &["service".to_string()], &mut interner).await.expect("keyed query");
+        assert_eq!(lean, keyed);
+        let scalar = source.instant_keyed("scalar(sum(sli))", now_ms(), &["service".to_string()], &mut interner).await.expect("scalar");
+        assert!((scalar[&service("")] - (0.97 + 0.999)).abs() < 1e-9, "{scalar:?}");
+        match source.instant_keyed("sum(rate(sli[5m])", now_ms(), &["service".to_string()], &mut interner).await {
+            Err(SourceError::Query(m)) => assert!(m.contains("parse error"), "{m}"),
+            other => panic!("expected a Query error, got {other:?}"),
+        }
+        match source.instant_keyed("sli[1m]", now_ms(), &["service".to_string()], &mut interner).await {
+            Err(SourceError::Response(m)) => assert!(m.contains("range vector"), "{m}"),
+            other => panic!("expected a Response error, got {other:?}"),
+        }
+        match source.instant_keyed("sli", now_ms(), &["job".to_string()], &mut interner).await {
+            Err(e @ SourceError::DuplicateSubject { .. }) => assert!(e.to_string().contains("checkout") && e.to_string().contains("search"), "{e}"),
+            other => panic!("expected a duplicate-subject error, got {other:?}"),
+        }
 
         // NaN and ±Inf arrive as such.
         let odd = source.instant("odd", now_ms()).await.expect("odd values");
@@ -103,6 +121,10 @@ fn instant_queries_against_a_real_prometheus() {
     prom.stop();
     let url = prom.url();
     match block(source.instant("sli", now_ms())) {
+        Err(SourceError::Transport(m)) => assert!(m.contains(&url), "{m}"),
+        other => panic!("expected a Transport error, got {other:?}"),
+    }
+    match block(source.instant_keyed("sli", now_ms(), &["service".to_string()], &mut SubjectInterner::default())) {
         Err(SourceError::Transport(m)) => assert!(m.contains(&url), "{m}"),
         other => panic!("expected a Transport error, got {other:?}"),
     }
@@ -275,6 +297,7 @@ fn a_server_that_never_answers_is_a_timeout() {
     let source = PrometheusSource::new(&cfg).expect("client");
     let started = std::time::Instant::now();
     assert_eq!(block(source.instant("up", now_ms())), Err(SourceError::Timeout(300)));
+    assert_eq!(block(source.instant_keyed("up", now_ms(), &[], &mut SubjectInterner::default())), Err(SourceError::Timeout(300)));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(block(source.range("up", 0, 60_000, 1000)), Err(SourceError::Timeout(300)));
 }
@@ -288,10 +311,18 @@ fn native_histograms_and_non_json_answers_are_response_errors() {
         Err(SourceError::Response(m)) => assert!(m.contains("histogram_quantile") && m.contains(&addr.to_string()), "{m}"),
         other => panic!("expected a Response error, got {other:?}"),
     }
+    match block(source.instant_keyed("lat", now_ms(), &["service".to_string()], &mut SubjectInterner::default())) {
+        Err(SourceError::Response(m)) => assert!(m.contains("histogram_quantile") && m.contains(&addr.to_string()), "{m}"),
+        other => panic!("expected a Response error, got {other:?}"),
+    }
 
     let (addr, _rx) = fake_prometheus("502 Bad Gateway", "text/plain", "upstream down");
     let source = PrometheusSource::new(&config(&format!("http://{addr}"))).expect("client");
     match block(source.instant("up", now_ms())) {
+        Err(SourceError::Response(m)) => assert!(m.contains("502"), "{m}"),
+        other => panic!("expected a Response error, got {other:?}"),
+    }
+    match block(source.instant_keyed("up", now_ms(), &["service".to_string()], &mut SubjectInterner::default())) {
         Err(SourceError::Response(m)) => assert!(m.contains("502"), "{m}"),
         other => panic!("expected a Response error, got {other:?}"),
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::config::{Config, SignalSource};
 use crate::engine::{ChangeKind, GroupInput, Phase, SlotValues, StepOutput, Ts, UnknownReason};
 use crate::source::tickets::TicketSourceClient;
-use crate::source::{key_by_subject, MetricsSource, TicketCounter};
+use crate::source::{MetricsSource, SubjectInterner, TicketCounter};
 use crate::store::Commit;
 
 use super::Shared;
@@ -30,12 +30,15 @@ pub fn ticket_clients<S: MetricsSource>(config: &Config, source: &Arc<S>) -> Tic
     out
 }
 
-/// Values of `every:` signals between refreshes, per group: slot → (fetched at, values).
-#[derive(Clone, Debug, Default)]
+/// What a group task keeps between evaluations: the values of `every:` signals between
+/// refreshes (slot → (fetched at, values)), and the subjects of the last evaluation, reused
+/// when its series are keyed again.
+#[derive(Debug, Default)]
 pub struct SignalCache {
     entries: HashMap<usize, (Ts, HashMap<crate::engine::Subject, f64>)>,
     /// Per rule: evaluations in a row where it was unknown for every subject (warned once at 10).
     unknown_streak: HashMap<String, u32>,
+    subjects: SubjectInterner,
 }
 
 /// Evaluations in a row a rule may be unknown for every subject before a warning is logged.
@@ -88,11 +91,12 @@ pub async fn evaluate_group_once<S: MetricsSource>(
     // doing them concurrently would multiply the peak (and the allocator's high-water mark)
     // by the number of signals for a few milliseconds saved. Groups still run concurrently.
     let mut all_ok = true;
+    cache.subjects.next_generation();
     for (slot, name, q, cached) in &queries {
         let t = Instant::now();
-        let result = source.instant(q, now).await;
+        let result = source.instant_keyed(q, now, &group.subject_labels, &mut cache.subjects).await;
         metrics::histogram!("herald_datasource_query_duration_seconds").record(t.elapsed().as_secs_f64());
-        match result.and_then(|samples| key_by_subject(&samples, &group.subject_labels)) {
+        match result {
             Ok(mut m) => {
                 metrics::gauge!("herald_signal_series", "group" => group.name.clone(), "signal" => name.to_string()).set(m.len() as f64);
                 // Sharding: this replica evaluates only its share of the subjects.

@@ -19,24 +19,8 @@ impl Subject {
         let mut labels: Vec<(String, String)> = labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         labels.sort();
         labels.dedup_by(|a, b| a.0 == b.0);
-        let mut key = String::from("{");
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                key.push(',');
-            }
-            key.push_str(k);
-            key.push_str("=\"");
-            for c in v.chars() {
-                match c {
-                    '"' => key.push_str("\\\""),
-                    '\\' => key.push_str("\\\\"),
-                    '\n' => key.push_str("\\n"),
-                    c => key.push(c),
-                }
-            }
-            key.push('"');
-        }
-        key.push('}');
+        let mut key = String::new();
+        write_key(&mut key, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         Subject { key: key.into(), labels: labels.into() }
     }
 
@@ -87,6 +71,37 @@ impl Subject {
             }
         }
         Some(Subject::new(labels))
+    }
+}
+
+/// Appends the canonical key of label pairs (already sorted by name, no duplicate names) to
+/// `out`: `{a="x",b="y"}`, values escaped as in PromQL. Lets a caller look a subject up by key
+/// (see the `Borrow<str>` impl) without building one.
+pub fn write_key<'a>(out: &mut String, sorted: impl Iterator<Item = (&'a str, &'a str)>) {
+    out.push('{');
+    for (i, (k, v)) in sorted.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// Subjects compare and hash by their key, so a set of subjects can be searched by key.
+impl std::borrow::Borrow<str> for Subject {
+    fn borrow(&self) -> &str {
+        &self.key
     }
 }
 

@@ -16,8 +16,11 @@ use std::future::Future;
 
 use crate::engine::{Subject, Ts};
 
+pub mod keyed;
 pub mod prometheus;
 pub mod tickets;
+
+pub use keyed::SubjectInterner;
 
 pub use prometheus::{PrometheusSource, MAX_POINTS_PER_SERIES};
 pub use tickets::{median, TicketSourceClient};
@@ -58,6 +61,20 @@ pub trait MetricsSource: Send + Sync {
     fn instant(&self, query: &str, at: Ts) -> impl Future<Output = Result<Vec<Sample>, SourceError>> + Send;
     /// A range query from `start` to `end` inclusive, every `step_ms`.
     fn range(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> impl Future<Output = Result<Vec<RangeSeries>, SourceError>> + Send;
+
+    /// An instant query keyed by `subject_labels`: what the daemon evaluates, once per signal.
+    /// The same as [`key_by_subject`] over [`MetricsSource::instant`] (the default), but a
+    /// source may parse its answer straight into subjects, reusing the interner's.
+    fn instant_keyed(
+        &self,
+        query: &str,
+        at: Ts,
+        subject_labels: &[String],
+        interner: &mut SubjectInterner,
+    ) -> impl Future<Output = Result<HashMap<Subject, f64>, SourceError>> + Send {
+        let _ = interner;
+        async move { key_by_subject(&self.instant(query, at).await?, subject_labels) }
+    }
 }
 
 /// Ticket counts for a set of subjects at one time.

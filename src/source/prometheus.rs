@@ -16,9 +16,10 @@ use prometheus_http_query::reqwest::{self, header};
 use prometheus_http_query::response::Data;
 use prometheus_http_query::Error as PromError;
 
-use super::{MetricsSource, RangeSeries, Sample, SourceError};
+use super::keyed::{self, Answer};
+use super::{MetricsSource, RangeSeries, Sample, SourceError, SubjectInterner};
 use crate::config::daemon::{Auth, PrometheusConfig};
-use crate::engine::Ts;
+use crate::engine::{Subject, Ts};
 
 /// Prometheus rejects a range query whose result would exceed 11,000 points per series;
 /// [`PrometheusSource::range`] splits longer ranges into chunks of at most this many steps.
@@ -101,6 +102,13 @@ fn api_time(ms: Ts) -> String {
     format!("{:.3}", ms as f64 / 1000.0)
 }
 
+/// Whether a `Content-Type` is JSON (`application/json`, any parameters).
+fn is_json(v: Option<&header::HeaderValue>) -> bool {
+    v.and_then(|h| h.to_str().ok())
+        .and_then(|h| h.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
 fn labels(metric: HashMap<String, String>) -> BTreeMap<String, String> {
     metric.into_iter().collect()
 }
@@ -142,19 +150,31 @@ impl PrometheusSource {
             PromError::Prometheus(p) if p.is_timeout() => SourceError::Timeout(self.timeout_ms()),
             PromError::Prometheus(p) => SourceError::Query(p.message().to_string()),
             PromError::Client(c) => match c.inner() {
-                Some(r) if r.is_timeout() => SourceError::Timeout(self.timeout_ms()),
-                Some(r) if r.is_connect() => SourceError::Transport(format!("cannot connect to Prometheus at {url}: {}", chain(r))),
-                Some(r) if r.is_decode() => {
-                    SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {}; {HISTOGRAM_HINT}", chain(r)))
-                }
-                Some(r) if r.status().is_some() => SourceError::Response(format!(
-                    "Prometheus at {url} answered HTTP {} without a JSON body (a proxy in between?)",
-                    r.status().map(|s| s.to_string()).unwrap_or_default()
-                )),
-                Some(r) => SourceError::Transport(format!("request to Prometheus at {url} failed: {}", chain(r))),
+                Some(r) => self.map_reqwest(r),
                 None => SourceError::Response(format!("Prometheus at {url}: {c} (expected application/json; a proxy in between?)")),
             },
             other => SourceError::Transport(format!("Prometheus at {url}: {}", chain(&other))),
+        }
+    }
+
+    fn matrix_error(&self) -> SourceError {
+        SourceError::Response(format!(
+            "Prometheus at {} answered with a range vector (matrix); a signal's query must return an instant vector or a scalar (drop the trailing [range])",
+            self.url
+        ))
+    }
+
+    fn map_reqwest(&self, r: &reqwest::Error) -> SourceError {
+        let url = &self.url;
+        match r {
+            r if r.is_timeout() => SourceError::Timeout(self.timeout_ms()),
+            r if r.is_connect() => SourceError::Transport(format!("cannot connect to Prometheus at {url}: {}", chain(r))),
+            r if r.is_decode() => SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {}; {HISTOGRAM_HINT}", chain(r))),
+            r if r.status().is_some() => SourceError::Response(format!(
+                "Prometheus at {url} answered HTTP {} without a JSON body (a proxy in between?)",
+                r.status().map(|s| s.to_string()).unwrap_or_default()
+            )),
+            r => SourceError::Transport(format!("request to Prometheus at {url} failed: {}", chain(r))),
         }
     }
 
@@ -227,10 +247,53 @@ impl MetricsSource for PrometheusSource {
                 })
                 .collect()),
             Data::Scalar(s) => Ok(vec![Sample { labels: BTreeMap::new(), value: s.value() }]),
-            Data::Matrix(_) => Err(SourceError::Response(format!(
-                "Prometheus at {} answered with a range vector (matrix); a signal's query must return an instant vector or a scalar (drop the trailing [range])",
-                self.url
-            ))),
+            Data::Matrix(_) => Err(self.matrix_error()),
+        }
+    }
+
+    /// The instant query parsed straight into subjects ([`super::keyed`]): the same answers
+    /// and errors as [`MetricsSource::instant`] keyed by [`super::key_by_subject`], for a
+    /// fraction of the allocations.
+    async fn instant_keyed(
+        &self,
+        query: &str,
+        at: Ts,
+        subject_labels: &[String],
+        interner: &mut SubjectInterner,
+    ) -> Result<HashMap<Subject, f64>, SourceError> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .client
+            .query(query)
+            .query("time", api_time(at))
+            .timeout(self.timeout_ms().min(i64::MAX as u64) as i64)
+            .get_raw()
+            .await
+            .map_err(|e| self.map_err(e))?;
+        let url = &self.url;
+        let status = response.status();
+        if !is_json(response.headers().get(header::CONTENT_TYPE)) {
+            return Err(if status.is_client_error() || status.is_server_error() {
+                SourceError::Response(format!("Prometheus at {url} answered HTTP {status} without a JSON body (a proxy in between?)"))
+            } else {
+                SourceError::Response(format!(
+                    "Prometheus at {url}: the answer is not JSON (HTTP {status}) (expected application/json; a proxy in between?)"
+                ))
+            });
+        }
+        let body = response.bytes().await.map_err(|e| self.map_reqwest(&e))?;
+        let not_float = |detail: &dyn std::fmt::Display| {
+            SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {detail}; {HISTOGRAM_HINT}"))
+        };
+        match keyed::parse_instant(&body, subject_labels, interner) {
+            Ok(Answer::Values(v)) => Ok(v),
+            Ok(Answer::Failed { timeout: true, .. }) => Err(SourceError::Timeout(self.timeout_ms())),
+            Ok(Answer::Failed { message, .. }) => Err(SourceError::Query(message)),
+            Ok(Answer::Type(t)) if t == "matrix" => Err(self.matrix_error()),
+            Ok(Answer::Type(t)) => Err(not_float(&format!("a {t} result"))),
+            Ok(Answer::NotFloat) => Err(not_float(&"a sample without a float value")),
+            Ok(Answer::Error(e)) => Err(e),
+            Err(e) => Err(not_float(&format!("error decoding response body: {e}"))),
         }
     }
 
