@@ -120,7 +120,7 @@ fn a_scripted_outage_is_rehearsed_with_participants_and_reported() {
     assert!(pager.received().is_empty(), "a receiver that is not a dry_run_target got {:?}", pager.received());
     // The live database was never created; the game day has its own.
     assert!(!dir.path().join("state/state.db").exists(), "the live state database was created");
-    assert!(dir.path().join("state/gameday/state.db").exists(), "{stdout}");
+    assert!(dir.path().join("state/gameday/dry-run.db").exists(), "{stdout}");
 
     // The report: the participant acked and updated within minutes of scenario time.
     let line = |needle: &str| stdout.lines().find(|l| l.trim_start().starts_with(needle)).unwrap_or_else(|| panic!("no {needle:?} line in\n{stdout}")).to_string();

@@ -136,7 +136,9 @@ pub fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
     }
     let end = daemon::now_ms();
 
-    let store = crate::store::Store::open_dir(&state_dir).context("cannot read the game day's state")?;
+    // The game day runs dry, so the daemon kept its state in the directory's dry-run database.
+    let db = state_dir.join(crate::state_dir::Database::DryRun.file_name());
+    let store = crate::store::Store::open(&db).context("cannot read the game day's state")?;
     let records = gameday::records(&store, start).context("cannot read the game day's incidents")?;
     let summaries: Vec<IncidentSummary> = records.iter().map(|r| summarize(r, end)).collect();
     let mut text = format!("\n[GAME DAY] {} report, {} → {} (scenario time)\n", scenario.name, rfc3339(start), rfc3339(end));
