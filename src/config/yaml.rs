@@ -87,12 +87,22 @@ pub fn parse_all<T: DeserializeOwned>(path: &str, text: &str) -> Result<T, Diagn
     Ok(parsed.value)
 }
 
+/// The deepest nesting of mappings and sequences a Herald file may have.
+pub const MAX_NESTING: usize = 24;
+
 /// Parses one YAML document into `T`, reporting every schema error with its location.
 ///
 /// Syntax errors (which leave no tree) and a document whose top level is unusable are `Err`.
 /// Otherwise `T` is built from the valid parts and the errors ride along in [`Parsed`].
 pub fn parse<T: DeserializeOwned>(path: &str, text: &str) -> Result<Parsed<T>, Diagnostics> {
-    let mut root: tree::Node = serde_saphyr::from_str(text).map_err(|e| {
+    // Herald's files nest a handful of levels; a tight bound keeps every recursive step after
+    // the parse (the located tree's deserializer, validation) far from the stack's end, also on
+    // the reload thread (found by the fuzz smoke with a 2 MiB stack).
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_NESTING;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let mut root: tree::Node = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         let mut msg = e.without_snippet().to_string();
         // serde-saphyr appends the location in prose; we print it as path:line:col instead.
@@ -631,4 +641,19 @@ pub struct RawScenario {
     #[serde(default)]
     pub data: Option<Spanned<String>>,
     pub input: Vec<RawInput>,
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    /// Regression (fuzz smoke, 2 MiB reload stack): deep nesting is refused with a location
+    /// before anything recursive runs on it.
+    #[test]
+    fn nesting_deeper_than_the_bound_is_a_located_error() {
+        let deep = format!("a: {}1{}", "[".repeat(super::MAX_NESTING + 8), "]".repeat(super::MAX_NESTING + 8));
+        let err = super::parse::<serde_json::Value>("deep.yaml", &deep).err().expect("refused");
+        let text = err.to_string();
+        assert!(text.contains("deep.yaml:1:"), "{text}");
+        let fine = format!("a: {}1{}", "[".repeat(8), "]".repeat(8));
+        assert!(super::parse::<serde_json::Value>("fine.yaml", &fine).is_ok());
+    }
 }
