@@ -47,18 +47,21 @@ pub fn environment() -> Environment<'static> {
             format!("{}%", trim_float(p, 1))
         }
     });
-    env.add_filter("urlencode", |v: String| -> String {
-        v.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    });
+    env.add_filter("urlencode", |v: String| -> String { urlencode(&v) });
     env.add_filter("duration", |v: f64| -> String {
         crate::config::PromDuration(std::time::Duration::from_secs(v.max(0.0) as u64)).to_string()
     });
     env
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986): the `urlencode` filter.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn trim_float(v: f64, digits: usize) -> String {

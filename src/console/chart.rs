@@ -5,8 +5,9 @@
 
 use std::fmt::Write as _;
 
-use chrono::DateTime;
 use serde_json::Value;
+
+use super::view::ms;
 
 const W: f64 = 640.0;
 const PANEL_H: f64 = 90.0;
@@ -14,10 +15,6 @@ const LEFT: f64 = 52.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 10.0;
 const GAP: f64 = 26.0;
-
-fn ms(v: &Value) -> Option<i64> {
-    v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.timestamp_millis())
-}
 
 /// One panel: (signal, label, points, whether it is the SLI).
 type Panel<'a> = (&'a str, &'a str, Vec<(i64, f64)>, bool);

@@ -11,17 +11,7 @@ pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
+pub use crate::config::template::urlencode;
 
 /// A redirect target after login: only a local path, never another site.
 pub fn safe_next(next: Option<&String>) -> String {
@@ -31,7 +21,8 @@ pub fn safe_next(next: Option<&String>) -> String {
     }
 }
 
-fn ms(v: &Value) -> Option<i64> {
+/// An RFC 3339 time from the API as unix milliseconds.
+pub(super) fn ms(v: &Value) -> Option<i64> {
     v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.timestamp_millis())
 }
 
