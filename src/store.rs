@@ -100,8 +100,12 @@ pub struct OutboxEntry {
 /// Everything one evaluation (or one API event) changes, written in one transaction.
 #[derive(Clone, Debug, Default)]
 pub struct Commit<'a> {
-    /// Rules whose live instances are replaced by the ones in `state`.
+    /// Rules whose live instances are all replaced by the ones in `state` (after a restart or
+    /// a catch-up; an evaluation names only what changed, in `instances`).
     pub rules: Vec<&'a str>,
+    /// Rule instances that changed, as (rule, subject): each row is written as it is in
+    /// `state` now, or deleted if the instance is no longer there.
+    pub instances: Vec<(&'a str, &'a Subject)>,
     /// Incidents to upsert (as they are now).
     pub incidents: Vec<&'a Incident>,
     /// Events to append: (incident id, time, event).
@@ -334,6 +338,11 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The database file (none for an in-memory database).
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        self.conn.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from)
     }
 
     /// Loads the engine state: live instances, each subject's latest incident, the id sequence.
@@ -636,6 +645,18 @@ fn write_commit(tx: &Transaction<'_>, state: &State, c: &Commit<'_>) -> Result<(
                     ins.execute(params![rule, subject.key(), i.phase.as_str(), i.active_at, i.fired_at, i.keep_firing_since, i.last_eval])?;
                 }
             }
+        }
+        let mut del_one = tx.prepare_cached("DELETE FROM instances WHERE rule = ?1 AND subject = ?2")?;
+        let mut up = tx.prepare_cached(
+            "INSERT INTO instances (rule, subject, phase, active_at, fired_at, keep_firing_since, last_eval) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (rule, subject) DO UPDATE SET phase = excluded.phase, active_at = excluded.active_at, fired_at = excluded.fired_at,
+             keep_firing_since = excluded.keep_firing_since, last_eval = excluded.last_eval",
+        )?;
+        for (rule, subject) in &c.instances {
+            match state.instances.get(*rule).and_then(|m| m.get(*subject)) {
+                Some(i) => up.execute(params![rule, subject.key(), i.phase.as_str(), i.active_at, i.fired_at, i.keep_firing_since, i.last_eval])?,
+                None => del_one.execute(params![rule, subject.key()])?,
+            };
         }
     }
     {

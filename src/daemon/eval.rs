@@ -181,7 +181,10 @@ pub async fn evaluate_group_once<S: MetricsSource>(
     let joined = tokio::task::spawn_blocking(move || {
         let group = &config2.rules.groups[gi];
         let mut core = shared2.core.lock().expect("core lock");
-        let snapshot = core.state.clone();
+        if let Err(e) = core.ensure_loaded(&config2) {
+            tracing::error!(group = %group.name, error = %e, "the state cannot be read; skipping this evaluation");
+            return (StepOutput::default(), 0, false);
+        }
         let input = Arc::new(input);
         let mut out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
         {
@@ -201,8 +204,11 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let extra = crate::store::Extra { drafts: drafts_for(&mut out, &core, &config2, &planner, now), ..Default::default() };
         let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
         let incidents: Vec<_> = out.incidents.iter().map(|c| &c.incident).collect();
+        // Only the instance rows that changed, unless the group's rows are to be rewritten.
+        let rewrite = core.rewrite_groups.contains(&group.name);
         let commit = Commit {
-            rules: group.rules.iter().map(|r| r.name.as_str()).collect(),
+            rules: if rewrite { group.rules.iter().map(|r| r.name.as_str()).collect() } else { Vec::new() },
+            instances: if rewrite { Vec::new() } else { out.changed_instances.iter().map(|(ri, s)| (group.rules[*ri].name.as_str(), s)).collect() },
             incidents,
             events: Vec::new(),
             outbox: entries,
@@ -214,6 +220,9 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let core = &mut *core;
         match core.store.commit_extra(&core.state, &commit, &extra) {
             Ok(()) => {
+                if rewrite {
+                    core.rewrite_groups.remove(&group.name);
+                }
                 let open = core.state.incidents.values().filter(|i| i.is_open()).count();
                 let firing: HashMap<&str, usize> = group
                     .rules
@@ -231,7 +240,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             }
             Err(e) => {
                 tracing::error!(group = %group.name, error = %e, "commit failed; rolling back this evaluation");
-                core.state = snapshot;
+                core.roll_back(&config2);
                 (out, 0, false)
             }
         }
@@ -393,5 +402,94 @@ mod tests {
         assert!(reports.iter().all(|r| r.committed && r.output.subjects == 1000));
         assert_eq!(reports[1].output.unknown, 0, "the cached signal had values");
         assert_eq!(reports[0].output.decisions.len(), 1000);
+    }
+
+    /// Answers `a` with a scripted value per service for the current step (absent = no
+    /// series: the rule is unknown for that service).
+    struct Scripted {
+        step: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn value(step: usize, svc: usize) -> Option<f64> {
+            // A fixed pseudo-random walk over true, false and absent.
+            match (step * 7 + svc * 13 + (step * svc) % 5) % 6 {
+                0 | 1 | 2 => Some(1.0),
+                3 | 4 => Some(0.0),
+                _ => None,
+            }
+        }
+    }
+
+    impl MetricsSource for Scripted {
+        async fn instant(&self, _query: &str, _at: Ts) -> Result<Vec<Sample>, SourceError> {
+            let step = self.step.load(Ordering::Relaxed);
+            Ok((0..20)
+                .filter_map(|i| Scripted::value(step, i).map(|v| Sample { labels: BTreeMap::from([("service".to_string(), format!("svc-{i}"))]), value: v }))
+                .collect())
+        }
+        async fn range(&self, _: &str, _: Ts, _: Ts, _: i64) -> Result<Vec<RangeSeries>, SourceError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn live(state: &crate::engine::State) -> BTreeMap<String, HashMap<crate::engine::Subject, crate::engine::Instance>> {
+        state.instances.iter().filter(|(_, m)| !m.is_empty()).map(|(r, m)| (r.clone(), m.clone())).collect()
+    }
+
+    /// Only the rows that changed are written, yet the database always holds exactly the
+    /// in-memory state: after every evaluation of a scripted walk through pending, firing,
+    /// kept firing, unknown (timers shifted) and inactive, loading the state gives it back.
+    /// A failed commit rolls back by reloading, and the next evaluation decides again.
+    #[tokio::test]
+    async fn commits_write_only_changed_rows_and_the_database_matches_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            "groups:\n  - name: g\n    subject: [service]\n    signals:\n      a: {query: 'a'}\n    rules:\n      - {name: R, when: 'a > 0', for: 1m, keep_firing_for: 1m, action: notify}\n      - {name: Fast, when: 'a > 0', action: notify}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("herald.yaml"), "prometheus: {url: 'http://127.0.0.1:9'}\nglobal: {state_dir: state}\nrule_files: [rules.yaml]\n").unwrap();
+        let (config, _) = crate::config::load_config(&dir.path().join("herald.yaml"), &|_| None).unwrap();
+        let store = crate::store::Store::open_dir(&config.global.state_dir).unwrap();
+        let shared = Arc::new(Shared::new(config, store, RunOptions::default()).unwrap());
+        let config = shared.config();
+        let source = Scripted { step: AtomicUsize::new(0) };
+        let tickets = Tickets::new();
+        let mut cache = SignalCache::default();
+        let mut rows_written = Vec::new();
+        let mut fired = 0;
+        for step in 0..40 {
+            source.step.store(step, Ordering::Relaxed);
+            let r = evaluate_group_once(&shared, &source, &tickets, &mut cache, &config, 0, step as Ts * 30_000).await;
+            assert!(r.committed, "step {step}");
+            fired += r.output.decisions.len();
+            rows_written.push(r.output.changed_instances.len());
+            let core = shared.core.lock().unwrap();
+            let (loaded, _) = crate::daemon::load_state(&core.store, &config).unwrap();
+            assert_eq!(live(&loaded), live(&core.state), "step {step}: the database holds what memory holds");
+            assert!(core.rewrite_groups.is_empty(), "the first commit rewrote the group");
+        }
+        assert!(fired > 10, "the walk fires and resolves: {fired} decisions");
+        let live_rows: usize = live(&shared.core.lock().unwrap().state).values().map(HashMap::len).sum();
+        assert!(live_rows > 0);
+        assert!(rows_written.iter().any(|&n| n < live_rows), "fewer rows than live instances are written: {rows_written:?}");
+
+        // A failing commit (another connection holds the write lock): the evaluation is rolled
+        // back by reloading the state, and the same decisions are made once the lock is gone.
+        let db = shared.core.lock().unwrap().store.path().unwrap();
+        let blocker = rusqlite::Connection::open(&db).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let before = live(&shared.core.lock().unwrap().state);
+        source.step.store(40, Ordering::Relaxed);
+        let failed = evaluate_group_once(&shared, &source, &tickets, &mut cache, &config, 0, 40 * 30_000).await;
+        assert!(!failed.committed);
+        assert_eq!(live(&shared.core.lock().unwrap().state), before, "rolled back to the last commit");
+        blocker.execute_batch("ROLLBACK").unwrap();
+        let again = evaluate_group_once(&shared, &source, &tickets, &mut cache, &config, 0, 40 * 30_000).await;
+        assert!(again.committed);
+        assert_eq!(again.output.decisions, failed.output.decisions, "the same decisions, made again");
+        let core = shared.core.lock().unwrap();
+        assert_eq!(live(&crate::daemon::load_state(&core.store, &config).unwrap().0), live(&core.state));
     }
 }

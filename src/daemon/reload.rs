@@ -79,6 +79,8 @@ pub fn reload(shared: &Shared) -> Result<ReloadSummary, ReloadError> {
         needs_restart,
     };
     crate::telemetry::register_config_series(&cfg);
+    // Rules may have moved between groups: each group's next commit rewrites all its rows.
+    let groups: Vec<String> = cfg.rules.groups.iter().map(|g| g.name.clone()).collect();
     {
         // Both under their write locks at once, so no reader sees a config with another planner.
         let mut c = shared.config.write().expect("config lock");
@@ -86,6 +88,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadSummary, ReloadError> {
         *c = Arc::new(cfg);
         *p = Arc::new(planner);
     }
+    shared.core.lock().expect("core lock").rewrite_groups.extend(groups);
     shared.reloaded.send_modify(|generation| *generation += 1);
     crate::telemetry::set_reload_successful(true);
     tracing::info!(groups = summary.groups, rules = summary.rules, "configuration reloaded");

@@ -51,6 +51,14 @@ pub struct Instance {
     pub last_eval: Ts,
 }
 
+impl Instance {
+    /// Whether two instances are stored alike: everything but `last_eval`, which every
+    /// evaluation moves and which loading restores from the group's last evaluation time.
+    pub fn same_stored(&self, other: &Instance) -> bool {
+        self.phase == other.phase && self.active_at == other.active_at && self.fired_at == other.fired_at && self.keep_firing_since == other.keep_firing_since
+    }
+}
+
 /// Advances one instance by one evaluation. Returns the new state (None = inactive) and the
 /// phase change, if any.
 pub fn step(prev: Option<Instance>, truth: Truth, now: Ts, for_ms: i64, keep_ms: i64) -> (Option<Instance>, Option<(Phase, Phase)>) {

@@ -187,6 +187,10 @@ pub struct StepOutput {
     /// Herald's own entries for incidents' timelines: incidents opened, rules firing and
     /// resolving for an incident's subject, status changes.
     pub timeline: Vec<TimelineEntry>,
+    /// Rule instances whose stored form changed in this step, as (index into the group's
+    /// rules, subject): created, dropped, or changed in anything but `last_eval` (which every
+    /// evaluation moves; see [`Instance::same_stored`]). The daemon writes only these rows.
+    pub changed_instances: Vec<(usize, Subject)>,
 }
 
 /// Why a condition could not be decided for a subject.
@@ -460,7 +464,16 @@ impl Engine {
                 }
                 let prev = map.remove(subject);
                 let starts = prev.as_ref().and_then(|i| i.fired_at).unwrap_or(now);
+                let before = prev.clone();
                 let (next, change) = instance::step(prev, truth, now, rule.for_.as_millis() as i64, rule.keep_firing_for.as_millis() as i64);
+                let stored_change = match (&before, &next) {
+                    (None, None) => false,
+                    (Some(a), Some(b)) => !a.same_stored(b),
+                    _ => true,
+                };
+                if stored_change {
+                    out.changed_instances.push((ri, subject.clone()));
+                }
                 if let Some(i) = next {
                     map.insert(subject.clone(), i);
                 }

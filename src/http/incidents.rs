@@ -247,13 +247,15 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Applies an event and commits the incident and the event together, under the core lock.
-/// Rolls the in-memory state back if anything fails. An incident that is neither a subject's
+/// A refused event changes nothing; if the commit fails, the state is reloaded from the
+/// database ([`crate::daemon::Core::roll_back`]). An incident that is neither a subject's
 /// latest nor kept in memory for its obligations is read from the store.
 fn apply_and_commit(shared: &Shared, target: Target<'_>, event: &Event, note: &EventNote) -> Result<Incident, ApiError> {
     let now = now_ms();
+    let config = shared.config();
     let mut guard = shared.core.lock().expect("core lock");
     let core = &mut *guard;
-    let snapshot = core.state.clone();
+    core.ensure_loaded(&config).map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the state cannot be read: {e}")))?;
     let applied = match target {
         Target::Subject(s) => core.state.apply_event(s, event, now),
         Target::Id(id) => match core.state.apply_event_by_id(id, event, now) {
@@ -274,7 +276,6 @@ fn apply_and_commit(shared: &Shared, target: Target<'_>, event: &Event, note: &E
     let (change, fx) = match applied {
         Ok(r) => r,
         Err(e) => {
-            core.state = snapshot;
             return Err(match e {
                 ApplyError::UnknownId(id) => not_found(&id),
                 ApplyError::NoIncident(s) => ApiError::new(StatusCode::NOT_FOUND, format!("subject {s} has no incident")),
@@ -287,7 +288,7 @@ fn apply_and_commit(shared: &Shared, target: Target<'_>, event: &Event, note: &E
     let inc = change.incident;
     let commit = Commit { incidents: vec![&inc], noted_events: vec![(inc.id.as_str(), now, event, note)], ..Default::default() };
     if let Err(e) = core.store.commit(&core.state, &commit) {
-        core.state = snapshot;
+        core.roll_back(&config);
         return Err(ApiError::internal(format!("the change could not be saved and was not applied: {e}")));
     }
     let open = core.state.incidents.values().filter(|i| i.is_open()).count();

@@ -87,7 +87,9 @@ pub fn apply_external(core: &mut Core, incident_id: &str, events: &[(Ts, Event)]
 /// Declares an incident for a subject (critical), flagged security when asked, and commits it
 /// with `extra`. Returns the new incident.
 pub fn declare_external(core: &mut Core, subject: &Subject, security: bool, at: Ts, extra: &Extra) -> Result<Incident, ApplyExternalError> {
-    let snapshot = core.state.clone();
+    // What a declaration touches: the subject's latest incident, its earlier ones, the id
+    // sequence. Put back as they were if the commit fails.
+    let before = (core.state.incidents.get(subject).cloned(), core.state.earlier.get(subject).cloned(), core.state.next_incident_seq);
     let event = Event::Declare { severity: crate::config::Severity::Critical, security };
     let (change, _) = match core.state.apply_event(subject, &event, at) {
         Ok(r) => r,
@@ -97,7 +99,16 @@ pub fn declare_external(core: &mut Core, subject: &Subject, security: bool, at: 
     let inc = change.incident;
     let commit = Commit { incidents: vec![&inc], events: vec![(inc.id.as_str(), at, &event)], ..Default::default() };
     if let Err(e) = core.store.commit_extra(&core.state, &commit, extra) {
-        core.state = snapshot;
+        let (latest, earlier, seq) = before;
+        match latest {
+            Some(i) => core.state.incidents.insert(subject.clone(), i),
+            None => core.state.incidents.remove(subject),
+        };
+        match earlier {
+            Some(l) => core.state.earlier.insert(subject.clone(), l),
+            None => core.state.earlier.remove(subject),
+        };
+        core.state.next_incident_seq = seq;
         return Err(e.into());
     }
     metrics::counter!("herald_comms_lead_activations_total", "severity" => inc.severity.as_str()).increment(1);

@@ -387,7 +387,7 @@ mod tests {
         state.incidents.insert(s, inc.clone());
         state.next_incident_seq = 1;
         store.commit(&state, &Commit { incidents: vec![&inc], ..Default::default() }).unwrap();
-        Core { state, store }
+        Core { state, store, rewrite_groups: Default::default(), stale: false }
     }
 
     fn fixture() -> Vec<SpIncident> {
@@ -413,7 +413,7 @@ mod tests {
         drop(core);
         let store = Store::open_dir(dir.path()).unwrap();
         let state = store.load_state().unwrap();
-        let mut core = Core { state, store };
+        let mut core = Core { state, store, rewrite_groups: Default::default(), stale: false };
         assert_eq!(sync(&mut core, &page(), &incidents).unwrap(), SyncReport::default(), "nothing twice across restarts");
         incidents[0].incident_updates[0].body = Some("Corrected: the database is back.".into());
         let r = sync(&mut core, &page(), &incidents).unwrap();
