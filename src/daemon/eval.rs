@@ -414,8 +414,8 @@ mod tests {
         fn value(step: usize, svc: usize) -> Option<f64> {
             // A fixed pseudo-random walk over true, false and absent.
             match (step * 7 + svc * 13 + (step * svc) % 5) % 6 {
-                0 | 1 | 2 => Some(1.0),
-                3 | 4 => Some(0.0),
+                0..=2 => Some(1.0),
+                3..=4 => Some(0.0),
                 _ => None,
             }
         }
