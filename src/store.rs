@@ -118,6 +118,9 @@ pub struct Commit<'a> {
     pub noted_events: Vec<(&'a str, Ts, &'a Event, &'a EventNote)>,
     /// Herald's own entries for incidents' timelines (decisions, status changes).
     pub timeline: &'a [TimelineEntry],
+    /// Signal values around incidents, for the console's chart: (incident id, time, signal,
+    /// value). See `daemon::samples`.
+    pub samples: Vec<(&'a str, Ts, &'a str, f64)>,
 }
 
 /// One entry of an incident's timeline as stored: a person's event or Herald's.
@@ -451,23 +454,6 @@ impl Store {
         .collect()
     }
 
-    /// Records signal values around incidents (for the console's chart): `(incident id, time,
-    /// signal, value)` rows, in one transaction.
-    pub fn record_samples(&mut self, rows: &[(&str, Ts, &str, f64)]) -> Result<(), StoreError> {
-        let result = (|| {
-            let tx = self.conn.transaction()?;
-            {
-                let mut ins = tx.prepare_cached("INSERT INTO samples (incident_id, at, signal, value) VALUES (?1, ?2, ?3, ?4)")?;
-                for (id, at, signal, value) in rows {
-                    ins.execute(params![id, at, signal, value])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })();
-        self.saves.record(result, false)
-    }
-
     /// The signal values recorded around an incident, oldest first: (time, signal, value).
     pub fn samples(&self, incident_id: &str) -> Result<Vec<(Ts, String, f64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached("SELECT at, signal, value FROM samples WHERE incident_id = ?1 ORDER BY at, signal")?;
@@ -718,6 +704,12 @@ fn write_commit(tx: &Transaction<'_>, state: &State, c: &Commit<'_>) -> Result<(
             } else {
                 record_notification(tx, &e.id, e.created_at, e.state, e.last_error.as_deref())?;
             }
+        }
+    }
+    {
+        let mut ins = tx.prepare_cached("INSERT INTO samples (incident_id, at, signal, value) VALUES (?1, ?2, ?3, ?4)")?;
+        for (id, at, signal, value) in &c.samples {
+            ins.execute(params![id, at, signal, value])?;
         }
     }
     {

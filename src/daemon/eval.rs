@@ -39,6 +39,8 @@ pub struct SignalCache {
     /// Per rule: evaluations in a row where it was unknown for every subject (warned once at 10).
     unknown_streak: HashMap<String, u32>,
     subjects: SubjectInterner,
+    /// The `herald_ticket_ratio` last exported per subject.
+    ticket_ratio: HashMap<crate::engine::Subject, f64>,
 }
 
 /// Evaluations in a row a rule may be unknown for every subject before a warning is logged.
@@ -131,13 +133,14 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         })
         .collect();
     if !ticket_signals.is_empty() {
+        let per_subject = ticket_signals.iter().any(|(_, _, name)| tickets.get(*name).is_some_and(|c| c.per_subject()));
         let mut known: Vec<crate::engine::Subject> = Vec::new();
-        for slot in &input.slots {
+        for slot in input.slots.iter().filter(|_| per_subject) {
             if let SlotValues::Series(m) = slot {
                 known.extend(m.keys().cloned());
             }
         }
-        {
+        if per_subject {
             let core = shared.core.lock().expect("core lock");
             known.extend(core.state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels)).cloned());
         }
@@ -156,10 +159,15 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             let scrubber = shared.planner.read().expect("planner lock").clone();
             match result {
                 Ok(counts) => {
+                    // Counts are cached between polls: only a ratio that moved is exported
+                    // again (a subject's labels are scrubbed once per change, not per cycle).
                     for (subject, n) in &counts.tickets {
                         if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
-                            let labels: Vec<(String, String)> = scrubber.scrubber().subject(subject).labels().to_vec();
-                            metrics::gauge!("herald_ticket_ratio", &labels).set(n / b);
+                            let ratio = n / b;
+                            if cache.ticket_ratio.insert(subject.clone(), ratio) != Some(ratio) {
+                                let labels: Vec<(String, String)> = scrubber.scrubber().subject(subject).labels().to_vec();
+                                metrics::gauge!("herald_ticket_ratio", &labels).set(ratio);
+                            }
                         }
                     }
                     input.slots[slot] = SlotValues::Series(counts.tickets);
@@ -204,6 +212,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         let extra = crate::store::Extra { drafts: drafts_for(&mut out, &core, &config2, &planner, now), ..Default::default() };
         let entries = planner.plan(&out.decisions, &config2, &core.store, now, shared2.options.dry_run);
         let incidents: Vec<_> = out.incidents.iter().map(|c| &c.incident).collect();
+        let core = &mut *core;
         // Only the instance rows that changed, unless the group's rows are to be rewritten.
         let rewrite = core.rewrite_groups.contains(&group.name);
         let commit = Commit {
@@ -215,9 +224,9 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             group_evals: vec![(group.name.as_str(), now)],
             noted_events: Vec::new(),
             timeline: &out.timeline,
+            samples: super::samples::collect(group, &input, &core.state, now),
         };
         let enqueued = commit.outbox.len();
-        let core = &mut *core;
         match core.store.commit_extra(&core.state, &commit, &extra) {
             Ok(()) => {
                 if rewrite {
@@ -230,12 +239,6 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                     .map(|r| (r.name.as_str(), core.state.instances.get(&r.name).map_or(0, |m| m.values().filter(|i| i.phase == Phase::Firing).count())))
                     .collect();
                 record_metrics(group, &out, open, &firing);
-                let samples = super::samples::collect(group, &input, &core.state, now);
-                if !samples.is_empty() {
-                    if let Err(e) = core.store.record_samples(&samples) {
-                        tracing::warn!(group = %group.name, error = %e, "could not record incident samples for the console chart");
-                    }
-                }
                 (out, enqueued, true)
             }
             Err(e) => {

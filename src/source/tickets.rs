@@ -209,6 +209,12 @@ impl<M> TicketSourceClient<M> {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Whether counts are asked per subject (the HTTP kinds): the caller then lists the
+    /// subjects it knows. The `prometheus` kind answers for every subject in one query.
+    pub fn per_subject(&self) -> bool {
+        matches!(self.backend, Backend::Http(_))
+    }
+
     fn fresh(&self, fetched_at: Ts, at: Ts) -> bool {
         fetched_at <= at && at - fetched_at < self.poll_ms
     }
