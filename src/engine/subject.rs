@@ -105,9 +105,11 @@ impl std::borrow::Borrow<str> for Subject {
     }
 }
 
+// Subjects from one source share their key allocation (see `source::keyed::SubjectInterner`),
+// so the pointer is compared first: most comparisons then never read the keys.
 impl PartialEq for Subject {
     fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
+        Arc::ptr_eq(&self.key, &other.key) || self.key == other.key
     }
 }
 impl Eq for Subject {}
@@ -123,6 +125,9 @@ impl PartialOrd for Subject {
 }
 impl Ord for Subject {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.key, &other.key) {
+            return std::cmp::Ordering::Equal;
+        }
         self.key.cmp(&other.key)
     }
 }
