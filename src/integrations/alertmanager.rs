@@ -144,9 +144,8 @@ pub fn handle(core: &mut Core, mappings: &[AlertMapping], n: &Notification, now:
                     out.push(o);
                     continue;
                 };
-                let starts_at = super::parse_time(Some(a.starts_at.as_str()));
                 if !a.firing_at(now) {
-                    signals.clear.push((name.clone(), a.key(), starts_at));
+                    signals.clear.push((name.clone(), a.key()));
                     o.result = "signal_cleared";
                 } else {
                     match alert_value(a, value_from.as_ref()) {
@@ -157,7 +156,7 @@ pub fn handle(core: &mut Core, mappings: &[AlertMapping], n: &Notification, now:
                                 subject,
                                 value: v,
                                 group_key: n.group_key.clone(),
-                                starts_at,
+                                starts_at: super::parse_time(Some(a.starts_at.as_str())),
                                 ends_at: a.ends_at_ms(),
                             });
                             o.result = "signal_set";

@@ -60,9 +60,10 @@ pub struct AlertSignal {
 pub struct AlertSignalWrite {
     /// Firing alerts (inserted or updated).
     pub set: Vec<AlertSignal>,
-    /// Resolved alerts: (signal, fingerprint, startsAt). An alert that started again after
-    /// `startsAt` (a newer episode) is kept.
-    pub clear: Vec<(String, String, Ts)>,
+    /// Resolved alerts: (signal, fingerprint). Whatever episode was stored ends: Alertmanager
+    /// serializes a group's notifications, and an alert resolved by a bare `endsAt` carries that
+    /// time as its `startsAt`, which may be earlier than the firing one's.
+    pub clear: Vec<(String, String)>,
     /// The notification's group and every alert fingerprint it carries: an alert stored for
     /// that group and absent from it has resolved (its own resolved notification was missed)
     /// and is cleared.
@@ -96,9 +97,9 @@ impl Store {
             }
         }
         {
-            let mut del = tx.prepare_cached("DELETE FROM alert_signals WHERE signal = ?1 AND fingerprint = ?2 AND starts_at <= ?3")?;
-            for (signal, fp, starts) in &w.clear {
-                del.execute(params![signal, fp, starts])?;
+            let mut del = tx.prepare_cached("DELETE FROM alert_signals WHERE signal = ?1 AND fingerprint = ?2")?;
+            for (signal, fp) in &w.clear {
+                del.execute(params![signal, fp])?;
             }
             let mut up = tx.prepare_cached(
                 "INSERT INTO alert_signals (signal, fingerprint, subject, value, group_key, starts_at, ends_at, updated_at)
@@ -173,11 +174,8 @@ mod tests {
         assert!(!store.alert_signal_values("burn_rate", 5_000).unwrap().contains_key(&Subject::new([("service", "search")])), "endsAt passed");
         assert!(store.alert_signal_values("other", 3_000).unwrap().is_empty());
         // One alert resolves: the other still holds the subject.
-        store.write_alert_signals(&AlertSignalWrite { clear: vec![("burn_rate".into(), "a".into(), 1_000)], at: 4_000, ..Default::default() }).unwrap();
+        store.write_alert_signals(&AlertSignalWrite { clear: vec![("burn_rate".into(), "a".into())], at: 4_000, ..Default::default() }).unwrap();
         assert_eq!(store.alert_signal_values("burn_rate", 4_000).unwrap()[&checkout], 6.0);
-        // A resolution of an older episode keeps a newer one.
-        store.write_alert_signals(&AlertSignalWrite { clear: vec![("burn_rate".into(), "b".into(), 500)], at: 4_500, ..Default::default() }).unwrap();
-        assert_eq!(store.alert_signal_values("burn_rate", 4_500).unwrap()[&checkout], 6.0);
         // The group notifies without `b`: it resolved while Herald was not listening.
         let group = alert("burn_rate", "b", "checkout", 6.0, None).group_key;
         let dropped = store.write_alert_signals(&AlertSignalWrite { group: Some((group, vec!["c".into()])), at: 6_000, ..Default::default() }).unwrap();
