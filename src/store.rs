@@ -21,7 +21,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::engine::{Event, EventNote, Incident, Instance, Phase, State, Subject, TimelineEntry, Ts};
 
+mod alert_signals;
 mod integrations;
+pub use alert_signals::{AlertSignal, AlertSignalWrite};
 pub use integrations::{Extra, Link, Mark, PublicationRow, Seen};
 
 /// Why the store failed.
@@ -209,7 +211,9 @@ CREATE INDEX outbox_instance ON outbox (rule, subject, receiver, created_at);
 CREATE INDEX incidents_resolved ON incidents (resolved_at);
 "#,
 // integrations: seen keys, status-page links, drafts, publications.
-integrations::MIGRATION];
+integrations::MIGRATION,
+// Alertmanager alerts as signal values.
+alert_signals::MIGRATION];
 
 /// The outbox states that never change again: retention prunes them.
 const FINISHED: [OutboxState; 4] = [OutboxState::Sent, OutboxState::Failed, OutboxState::Suppressed, OutboxState::DryRun];
@@ -845,6 +849,9 @@ mod tests {
             ("retention: resolved incidents", Q_PRUNABLE_INCIDENTS.into()),
             ("retention: their events", Q_DELETE_EVENTS.into()),
             ("retention: their recorded samples", Q_DELETE_SAMPLES.into()),
+            ("evaluation: an alertmanager signal's values", alert_signals::Q_ALERT_SIGNAL_VALUES.into()),
+            ("evaluation: alertmanager heard from?", alert_signals::Q_HEARD.into()),
+            ("webhook: an alertmanager group's alerts", alert_signals::Q_GROUP_ALERTS.into()),
         ];
         for (what, sql) in &queries {
             let mut stmt = store.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();

@@ -165,7 +165,8 @@ fn other_rules(config: &Config, patterns: &[String]) -> Result<Config, Diagnosti
         return Err(diags);
     }
     let (rules, _) = config::load_rule_files(&paths)?;
-    let checks = config::daemon::cross_check(&rules, &config.receivers, config.prometheus.is_some(), &config.ticket_sources);
+    let mut checks = config::daemon::cross_check(&rules, &config.receivers, config.prometheus.is_some(), &config.ticket_sources);
+    checks.extend(config::daemon::check_alert_signals(&rules, &config.integrations.alertmanager));
     if checks.has_errors() {
         return Err(checks);
     }

@@ -17,7 +17,7 @@ use super::yaml::{self, ConfigFile, RawReceiver, RawTicketSource, Spanned};
 use super::{Diagnostic, Diagnostics, RuleSet, SignalSource};
 
 mod integrations;
-pub use integrations::{AlertEvent, AlertMapping, DraftSettings, Integrations, StatusPage, StatusPageKind, STATUSPAGE_API_URL};
+pub use integrations::{AlertEvent, AlertMapping, AlertTarget, DraftSettings, ValueFrom, Integrations, StatusPage, StatusPageKind, STATUSPAGE_API_URL};
 
 /// A lookup of environment variables; tests pass a map instead of mutating the process env.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -332,6 +332,63 @@ pub fn cross_check(rules: &RuleSet, receivers: &[Receiver], has_prometheus: bool
     diags
 }
 
+/// The checks between `integrations.alertmanager` signal mappings and the rules: a mapping's
+/// `signal` is declared `alertmanager: true` by some group whose subject labels are the
+/// mapping's (errors at the mapping), and an `alertmanager: true` signal that no mapping sets
+/// is a warning (its rules stay unknown).
+pub fn check_alert_signals(rules: &RuleSet, mappings: &[AlertMapping]) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let sorted = |l: &[String]| {
+        let mut v = l.to_vec();
+        v.sort();
+        v
+    };
+    for m in mappings {
+        let AlertTarget::Signal { name, .. } = &m.target else { continue };
+        let l = &m.location;
+        let declaring: Vec<&super::Group> =
+            rules.groups.iter().filter(|g| g.signals.iter().any(|s| &s.name == name && s.source == SignalSource::Alertmanager)).collect();
+        if declaring.is_empty() {
+            let other = rules.groups.iter().find(|g| g.signals.iter().any(|s| &s.name == name));
+            let msg = match other {
+                Some(g) => format!("alertmanager mapping sets signal {name:?}, but group {:?} declares it with another source; declare it `{name}: {{alertmanager: true}}`", g.name),
+                None => format!("alertmanager mapping sets signal {name:?}, which no group declares; add `{name}: {{alertmanager: true}}` to a group's `signals`"),
+            };
+            diags.push(Diagnostic::error(&l.path, l.line, l.col, msg));
+            continue;
+        }
+        for g in declaring {
+            if sorted(&g.subject_labels) != sorted(&m.subject_labels) {
+                diags.push(Diagnostic::error(
+                    &l.path,
+                    l.line,
+                    l.col,
+                    format!(
+                        "alertmanager mapping sets signal {name:?} for subjects [{}], but group {:?} keys its subjects by [{}]: its rules would never see the value (set the mapping's `subject`)",
+                        m.subject_labels.join(", "),
+                        g.name,
+                        g.subject_labels.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    for g in &rules.groups {
+        for s in g.signals.iter().filter(|s| s.source == SignalSource::Alertmanager) {
+            let set = mappings.iter().any(|m| matches!(&m.target, AlertTarget::Signal { name, .. } if name == &s.name));
+            if !set {
+                diags.push(Diagnostic::warning(
+                    &g.location.path,
+                    g.location.line,
+                    g.location.col,
+                    format!("group {:?}: signal {:?} comes from Alertmanager but no integrations.alertmanager mapping sets it; rules that need it stay unknown", g.name, s.name),
+                ));
+            }
+        }
+    }
+    diags
+}
+
 struct Validator<'a> {
     path: &'a str,
     base: &'a Path,
@@ -530,6 +587,7 @@ impl Validator<'_> {
         if let Some(rules) = &rules {
             self.receiver_templates(&raw.receivers, rules, &external_url);
             self.diags.extend(cross_check(rules, &receivers, prometheus.is_some(), &ticket_sources));
+            self.diags.extend(check_alert_signals(rules, &integrations.alertmanager));
         }
         let shard = self.shard(&raw.shard);
         Some(Config {

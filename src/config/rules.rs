@@ -111,6 +111,10 @@ pub enum SignalSource {
     Value(f64),
     /// A ticket source from the config: provides this slot (count) and `baseline_slot`.
     Tickets { source: String, baseline_slot: usize },
+    /// Pushed by Alertmanager's webhook (`alertmanager: true`): an `integrations.alertmanager`
+    /// mapping names this signal; a firing alert sets it for its subject, every other subject
+    /// reads 0 once Alertmanager has been heard from (see `integrations::alertmanager`).
+    Alertmanager,
 }
 
 /// What a rule does when it starts firing.
@@ -371,9 +375,13 @@ fn validate_group(
             diags.push(err_at(path, s, format!("invalid signal name {name:?}: use letters, digits and _, not a reserved word")));
             continue;
         }
-        let given = [s.value.query.is_some(), s.value.value.is_some(), s.value.ticket_source.is_some()];
+        let given = [s.value.query.is_some(), s.value.value.is_some(), s.value.ticket_source.is_some(), s.value.alertmanager.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
-            diags.push(err_at(path, s, format!("signal {name:?} needs exactly one of `query`, `value` or `ticket_source`")));
+            diags.push(err_at(path, s, format!("signal {name:?} needs exactly one of `query`, `value`, `ticket_source` or `alertmanager: true`")));
+            continue;
+        }
+        if let Some(am) = s.value.alertmanager.as_ref().filter(|a| !a.value) {
+            diags.push(err_at(path, am, format!("signal {name:?}: `alertmanager: false` declares no source; write `alertmanager: true` or give a `query`")));
             continue;
         }
         let slot = slots.len();
@@ -388,6 +396,8 @@ fn validate_group(
                 diags.push(err_at(path, v, format!("signal {name:?}: value must be a finite number")));
             }
             SignalSource::Value(v.value)
+        } else if s.value.alertmanager.is_some() {
+            SignalSource::Alertmanager
         } else {
             let src = s.value.ticket_source.as_ref().expect("checked above");
             let baseline_slot = slots.len();

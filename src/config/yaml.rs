@@ -182,6 +182,10 @@ pub struct RawSignal {
     pub value: Option<Spanned<f64>>,
     #[serde(default)]
     pub ticket_source: Option<Spanned<String>>,
+    /// `alertmanager: true`: values pushed by Alertmanager's webhook through an
+    /// `integrations.alertmanager` mapping that names this signal.
+    #[serde(default)]
+    pub alertmanager: Option<Spanned<bool>>,
     /// Re-query at most this often (default: every evaluation); values are reused in between.
     #[serde(default)]
     pub every: Option<Spanned<String>>,
@@ -584,6 +588,13 @@ pub struct RawAlertMapping {
     /// The incident event a firing alert applies (`security`, `internal_only`, `legal_requested`).
     #[serde(default)]
     pub event: Option<Spanned<String>>,
+    /// Instead of an event: the signal (declared `alertmanager: true` in a group) a firing
+    /// alert sets for its subject.
+    #[serde(default)]
+    pub signal: Option<Spanned<String>>,
+    /// With `signal`: where the value comes from, `annotation:NAME` or `label:NAME` (default: 1).
+    #[serde(default)]
+    pub value_from: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -193,6 +193,23 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             tracing::error!(group = %group.name, error = %e, "the state cannot be read; skipping this evaluation");
             return (StepOutput::default(), 0, false);
         }
+        // Signals Alertmanager pushed: read from the store, where the webhook wrote them.
+        let mut input = input;
+        for s in group.signals.iter().filter(|s| s.source == SignalSource::Alertmanager) {
+            input.slots[s.slot] = match crate::integrations::alertmanager::signal_slot(&core.store, &config2.integrations.alertmanager, &s.name, now) {
+                Ok(SlotValues::SeriesOr { mut values, otherwise }) => {
+                    if config2.shard.total > 1 {
+                        values.retain(|subject, _| config2.shard.owns(subject));
+                    }
+                    SlotValues::SeriesOr { values, otherwise }
+                }
+                Ok(other) => other,
+                Err(e) => {
+                    tracing::warn!(group = %group.name, signal = %s.name, error = %e, "Alertmanager signal unavailable; rules that use it are unknown");
+                    SlotValues::Unavailable(e.to_string())
+                }
+            };
+        }
         let input = Arc::new(input);
         let mut out = shared2.engine.evaluate_group(group, &input, &mut core.state, now);
         {

@@ -6,7 +6,7 @@
 //! engine never reads these values back.
 
 use crate::config::Group;
-use crate::engine::{GroupInput, SlotValues, State, Ts};
+use crate::engine::{GroupInput, State, Ts};
 
 /// How long after resolution values are still recorded, so the chart shows the recovery.
 pub const AFTER_RESOLUTION: Ts = 30 * 60 * 1000;
@@ -20,11 +20,7 @@ pub fn collect<'a>(group: &'a Group, input: &GroupInput, state: &'a State, now: 
             continue;
         }
         for s in &group.signals {
-            let value = match input.slots.get(s.slot) {
-                Some(SlotValues::Series(m)) => m.get(&inc.subject).copied(),
-                Some(SlotValues::Constant(v)) => Some(*v),
-                _ => None,
-            };
+            let value = input.slots.get(s.slot).and_then(|v| v.get(&inc.subject));
             if let Some(v) = value.filter(|v| v.is_finite()) {
                 rows.push((inc.id.as_str(), now, s.name.as_str(), v));
             }
@@ -37,7 +33,7 @@ pub fn collect<'a>(group: &'a Group, input: &GroupInput, state: &'a State, now: 
 mod tests {
     use super::*;
     use crate::config::Severity;
-    use crate::engine::{Incident, Subject};
+    use crate::engine::{Incident, SlotValues, Subject};
     use std::collections::HashMap;
 
     #[test]

@@ -93,11 +93,7 @@ pub fn explain(group: &Group, rule: &Rule, subject: &Subject, input: &GroupInput
     let values: Vec<Option<f64>> = input
         .slots
         .iter()
-        .map(|s| match s {
-            SlotValues::Series(m) => m.get(subject).copied().filter(|x| !x.is_nan()),
-            SlotValues::Constant(c) => Some(*c),
-            SlotValues::Unavailable(_) => None,
-        })
+        .map(|s| s.get(subject).filter(|x| !x.is_nan()))
         .collect();
     let slots = rule.when.signals();
     let signals = slots
@@ -111,6 +107,7 @@ pub fn explain(group: &Group, rule: &Rule, subject: &Subject, input: &GroupInput
                     Some(v) if v.is_nan() => Some("nan".into()),
                     Some(_) => None,
                 },
+                SlotValues::SeriesOr { .. } => None,
             };
             SignalValue { name: group.slots[slot].clone(), value: values[slot], why }
         })

@@ -65,6 +65,30 @@ pub enum SlotValues {
     Constant(f64),
     /// The source failed or is not configured: every subject is without a value.
     Unavailable(String),
+    /// Values for some subjects and `otherwise` for every other one: a pushed signal whose
+    /// source reports only what is firing (Alertmanager), so a subject it did not mention is
+    /// known to be quiet.
+    SeriesOr { values: HashMap<Subject, f64>, otherwise: f64 },
+}
+
+impl SlotValues {
+    /// The raw value of a subject (NaN included); `None` when it has none.
+    pub fn get(&self, subject: &Subject) -> Option<f64> {
+        match self {
+            SlotValues::Series(m) => m.get(subject).copied(),
+            SlotValues::Constant(c) => Some(*c),
+            SlotValues::Unavailable(_) => None,
+            SlotValues::SeriesOr { values, otherwise } => Some(values.get(subject).copied().unwrap_or(*otherwise)),
+        }
+    }
+
+    /// The per-subject values this slot names explicitly (they make subjects of a group).
+    pub fn keyed(&self) -> Option<&HashMap<Subject, f64>> {
+        match self {
+            SlotValues::Series(m) | SlotValues::SeriesOr { values: m, .. } => Some(m),
+            SlotValues::Constant(_) | SlotValues::Unavailable(_) => None,
+        }
+    }
 }
 
 /// One evaluation's input for one group: values for every slot of [`Group::slots`].
@@ -78,8 +102,10 @@ impl GroupInput {
     pub fn new(group: &Group) -> GroupInput {
         let mut slots = vec![SlotValues::Unavailable("not queried".into()); group.slots.len()];
         for s in &group.signals {
-            if let SignalSource::Value(v) = s.source {
-                slots[s.slot] = SlotValues::Constant(v);
+            match s.source {
+                SignalSource::Value(v) => slots[s.slot] = SlotValues::Constant(v),
+                SignalSource::Alertmanager => slots[s.slot] = SlotValues::Unavailable("no Alertmanager values in this run".into()),
+                SignalSource::Query(_) | SignalSource::Tickets { .. } => {}
             }
         }
         GroupInput { slots }
@@ -226,8 +252,7 @@ impl UnknownReason {
         for &slot in slots {
             let r = match &input.slots[slot] {
                 SlotValues::Unavailable(_) => return UnknownReason::QueryFailed,
-                SlotValues::Constant(_) => continue,
-                SlotValues::Series(m) => match m.get(subject) {
+                other => match other.get(subject) {
                     None => UnknownReason::Absent,
                     Some(v) if v.is_nan() => UnknownReason::Nan,
                     Some(_) => continue,
@@ -407,7 +432,7 @@ impl Engine {
         // Deduplicate through a set first: the same subjects appear in every signal.
         let mut seen: std::collections::HashSet<&Subject> = std::collections::HashSet::new();
         for slot in &input.slots {
-            if let SlotValues::Series(m) = slot {
+            if let Some(m) = slot.keyed() {
                 seen.reserve(m.len());
                 seen.extend(m.keys());
             }
@@ -435,11 +460,7 @@ impl Engine {
 
         for subject in &subjects {
             for (slot, v) in input.slots.iter().zip(values.iter_mut()) {
-                *v = match slot {
-                    SlotValues::Series(m) => m.get(subject).copied().filter(|x| !x.is_nan()),
-                    SlotValues::Constant(c) => Some(*c),
-                    SlotValues::Unavailable(_) => None,
-                };
+                *v = slot.get(subject).filter(|x| !x.is_nan());
             }
             label_values.clear();
             label_values.extend(group.subject_labels.iter().map(|l| subject.get(l).unwrap_or("")));

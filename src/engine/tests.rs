@@ -403,3 +403,38 @@ proptest::proptest! {
         }
     }
 }
+
+/// A pushed signal (Alertmanager) names only the subjects that have a firing alert; every
+/// other subject reads `otherwise` (0), so a quiet subject is known quiet and its incident can
+/// resolve, while an unavailable source keeps everyone unknown.
+#[test]
+fn a_pushed_signal_evaluates_its_subjects_and_reads_otherwise_for_the_rest() {
+    let set = rules(
+        "groups:\n  - name: g\n    subject: [service]\n    signals:\n      sli: {query: 'sli'}\n      burn_rate: {alertmanager: true}\n    rules:\n      - {name: Burn, when: 'burn_rate > 3', action: escalate}\n",
+    );
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let mut st = State::default();
+    let a = Subject::new([("service", "a")]);
+    let b = Subject::new([("service", "b")]);
+    let mut inp = GroupInput::new(g);
+    assert!(matches!(&inp.slots[g.slot("burn_rate").unwrap()], SlotValues::Unavailable(_)), "nothing pushed yet: unknown");
+    inp.slots[g.slot("sli").unwrap()] = SlotValues::Series(HashMap::from([(b.clone(), 0.99)]));
+    let out = engine.evaluate_group(g, &inp, &mut st, 0);
+    assert_eq!((out.subjects, out.unknown), (1, 1), "b is unknown while the source is unavailable");
+    assert_eq!(out.unknown_by_rule[0][UnknownReason::QueryFailed as usize], 1);
+
+    inp.slots[g.slot("burn_rate").unwrap()] = SlotValues::SeriesOr { values: HashMap::from([(a.clone(), 14.4)]), otherwise: 0.0 };
+    let out = engine.evaluate_group(g, &inp, &mut st, MIN);
+    assert_eq!(out.subjects, 2, "a subject with a firing alert is a subject of the group");
+    assert_eq!(out.unknown, 0, "b has no alert: 0, known");
+    assert_eq!(st.firing(), vec![("Burn", &a)]);
+    assert_eq!(out.decisions[0].values["burn_rate"], 14.4);
+    let ex = explain::explain(g, &g.rules[0], &b, &inp, &st, MIN);
+    assert_eq!(ex.signals[0].value, Some(0.0));
+    assert_eq!(ex.signals[0].why, None);
+
+    inp.slots[g.slot("burn_rate").unwrap()] = SlotValues::SeriesOr { values: HashMap::new(), otherwise: 0.0 };
+    engine.evaluate_group(g, &inp, &mut st, 2 * MIN);
+    assert!(st.firing().is_empty(), "resolved: back to 0");
+}

@@ -399,6 +399,12 @@ async fn fetch<S: MetricsSource>(source: &S, query: &str, first: Ts, last: Ts, s
 impl Run<'_> {
     fn note_ticket_sources(&mut self) {
         for g in &self.config.rules.groups {
+            for s in g.signals.iter().filter(|s| s.source == SignalSource::Alertmanager) {
+                let note = format!("signal {:?} comes from Alertmanager and has no history to replay: rules of group {:?} that read it are unknown throughout", s.name, g.name);
+                if !self.out.notes.contains(&note) {
+                    self.out.notes.push(note);
+                }
+            }
             for s in &g.signals {
                 let SignalSource::Tickets { source, .. } = &s.source else { continue };
                 let note = match self.config.ticket_sources.iter().find(|t| &t.name == source) {
@@ -452,7 +458,7 @@ impl Run<'_> {
                     }
                     chunk.tickets.insert(name.clone(), err.map_or(Ok(days), Err));
                 }
-                SignalSource::Value(_) => {}
+                SignalSource::Value(_) | SignalSource::Alertmanager => {}
             }
         }
         chunk
@@ -464,7 +470,8 @@ impl Run<'_> {
         let mut input = GroupInput::new(g);
         for s in &g.signals {
             match &s.source {
-                SignalSource::Value(_) => {}
+                // Pushed values have no history: unknown throughout (noted once).
+                SignalSource::Value(_) | SignalSource::Alertmanager => {}
                 SignalSource::Query(_) => {
                     if let (Some(every), Some((at, values))) = (s.every, self.holds.get(&(gi, s.slot))) {
                         if t - at < every.as_millis() as Ts {

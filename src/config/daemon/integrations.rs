@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::super::yaml::{RawAlertMapping, RawDrafts, RawIntegrations, RawStatusPage, Spanned};
+use super::super::rules::{loc, Location};
 use super::{parse_matcher, Matcher, Validator};
 use crate::engine::Subject;
 
@@ -59,15 +60,61 @@ pub struct Integrations {
     pub alertmanager: Vec<AlertMapping>,
 }
 
-/// Maps matching Alertmanager alerts to an incident event.
+/// Maps matching Alertmanager alerts to an incident event or to a signal's value.
 #[derive(Clone, Debug)]
 pub struct AlertMapping {
     pub matchers: Vec<Matcher>,
     /// Alert labels that form the subject.
     pub subject_labels: Vec<String>,
-    /// `security`: the subject's open incident is flagged security (one is declared, critical,
-    /// when none is open).
-    pub event: AlertEvent,
+    /// What a matching alert does.
+    pub target: AlertTarget,
+    /// Where the mapping's `signal` (or, without one, its first matcher) was written.
+    pub location: Location,
+}
+
+/// What a matching alert does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlertTarget {
+    /// `event:` — a firing alert applies the event to the subject's open incident (`security`
+    /// declares one, critical, when none is open).
+    Event(AlertEvent),
+    /// `signal:` — a firing alert sets the signal for its subject (to `value_from`, or 1); a
+    /// resolved one sets it back to 0.
+    Signal { name: String, value_from: Option<ValueFrom> },
+}
+
+/// `value_from:` of a signal mapping: the alert annotation or label holding the number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueFrom {
+    Annotation(String),
+    Label(String),
+}
+
+impl ValueFrom {
+    /// Parses `annotation:NAME` or `label:NAME`.
+    pub fn parse(s: &str) -> Result<ValueFrom, String> {
+        let bad = || format!("invalid value_from {s:?}: expected `annotation:NAME` or `label:NAME`, e.g. annotation:value");
+        let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(bad());
+        }
+        match kind.trim() {
+            "annotation" => Ok(ValueFrom::Annotation(name.to_string())),
+            "label" if super::super::rules::is_identifier(name) => Ok(ValueFrom::Label(name.to_string())),
+            "label" => Err(format!("invalid value_from {s:?}: {name:?} is not a label name")),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for ValueFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueFrom::Annotation(n) => write!(f, "annotation:{n}"),
+            ValueFrom::Label(n) => write!(f, "label:{n}"),
+        }
+    }
 }
 
 /// Events an Alertmanager alert can raise.
@@ -195,23 +242,58 @@ impl Validator<'_> {
             Some(l) => l.iter().map(|s| s.value.clone()).collect(),
             None => vec!["service".to_string()],
         };
-        let Some(ev) = &m.event else {
-            let at = m.matchers.first().cloned().unwrap_or(Spanned { value: String::new(), line: 1, col: 1, source_len: 0 });
-            self.err(&at, "an alertmanager mapping needs `event` (security, internal_only or legal_requested)");
-            return None;
+        for l in m.subject.iter().flatten() {
+            if !super::super::rules::is_identifier(&l.value) {
+                self.err(l, format!("invalid subject label name {:?}", l.value));
+            }
+        }
+        let first = m.matchers.first().cloned().unwrap_or(Spanned { value: String::new(), line: 1, col: 1, source_len: 0 });
+        let target = match (&m.event, &m.signal) {
+            (None, None) => {
+                self.err(&first, "an alertmanager mapping needs `event` (security, internal_only or legal_requested) or `signal` (a signal declared `alertmanager: true`)");
+                return None;
+            }
+            (Some(ev), Some(_)) => {
+                self.err(ev, "an alertmanager mapping takes `event` or `signal`, not both");
+                return None;
+            }
+            (Some(ev), None) => {
+                if let Some(v) = &m.value_from {
+                    self.err(v, "`value_from` applies to `signal` mappings only");
+                }
+                let Some(event) = AlertEvent::ALL.iter().find(|(n, _)| *n == ev.value).map(|(_, e)| *e) else {
+                    self.err(ev, format!("unknown event {:?} for alertmanager alerts (valid: security, internal_only, legal_requested)", ev.value));
+                    return None;
+                };
+                AlertTarget::Event(event)
+            }
+            (None, Some(sig)) => {
+                if !super::super::rules::is_identifier(&sig.value) {
+                    self.err(sig, format!("invalid signal name {:?}", sig.value));
+                    return None;
+                }
+                let value_from = match &m.value_from {
+                    None => None,
+                    Some(v) => match ValueFrom::parse(&v.value) {
+                        Ok(x) => Some(x),
+                        Err(e) => {
+                            self.err(v, e);
+                            return None;
+                        }
+                    },
+                };
+                AlertTarget::Signal { name: sig.value.clone(), value_from }
+            }
         };
-        let Some(event) = AlertEvent::ALL.iter().find(|(n, _)| *n == ev.value).map(|(_, e)| *e) else {
-            self.err(ev, format!("unknown event {:?} for alertmanager alerts (valid: security, internal_only, legal_requested)", ev.value));
-            return None;
-        };
+        let at = m.signal.as_ref().or(m.event.as_ref()).unwrap_or(&first);
         if m.matchers.is_empty() {
-            self.err(ev, "an alertmanager mapping needs at least one matcher, e.g. alertname=\"SecurityAlert\"");
+            self.err(at, "an alertmanager mapping needs at least one matcher, e.g. alertname=\"SecurityAlert\"");
             return None;
         }
         if matchers.len() != m.matchers.len() {
             return None; // reported above; a mapping with a dropped matcher would match too much
         }
-        Some(AlertMapping { matchers, subject_labels, event })
+        Some(AlertMapping { matchers, subject_labels, target, location: loc(self.path, m.signal.as_ref().unwrap_or(&first)) })
     }
 
     pub(super) fn drafts(&mut self, raw: &RawDrafts) -> DraftSettings {
@@ -296,5 +378,67 @@ mod tests {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
         assert!(!e.contains("at least one matcher"), "an invalid matcher is reported once:\n{e}");
+    }
+
+    /// A config whose rules declare `burn_rate` from Alertmanager for `[service]` subjects.
+    fn load_am(rules: &str, mappings: &str) -> Result<(crate::config::Config, String), String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        std::fs::write(dir.path().join("herald.yaml"), format!("rule_files: [rules.yaml]\nintegrations:\n  alertmanager:\n{mappings}")).unwrap();
+        load_config(&dir.path().join("herald.yaml"), &|_| None).map(|(c, w)| (c, w.to_string())).map_err(|d| d.to_string())
+    }
+
+    const BURN_RULES: &str = "groups:\n  - name: slo\n    subject: [service]\n    signals:\n      burn_rate: {alertmanager: true}\n    rules:\n      - {name: Burn, when: 'burn_rate > 3', action: escalate}\n";
+
+    #[test]
+    fn a_mapping_may_set_a_signal_from_an_annotation_or_label() {
+        let (c, warnings) = load_am(
+            BURN_RULES,
+            "    - {matchers: ['alertname=\"SLOBurnFast\"'], signal: burn_rate, value_from: 'annotation:value'}\n    - {matchers: ['alertname=\"SLOBurnSlow\"'], subject: [service], signal: burn_rate, value_from: 'label:burn'}\n    - {matchers: ['alertname=\"SLOBurnAny\"'], signal: burn_rate}\n",
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings}");
+        let targets: Vec<_> = c.integrations.alertmanager.iter().map(|m| m.target.clone()).collect();
+        assert_eq!(
+            targets,
+            vec![
+                super::AlertTarget::Signal { name: "burn_rate".into(), value_from: Some(super::ValueFrom::Annotation("value".into())) },
+                super::AlertTarget::Signal { name: "burn_rate".into(), value_from: Some(super::ValueFrom::Label("burn".into())) },
+                super::AlertTarget::Signal { name: "burn_rate".into(), value_from: None },
+            ]
+        );
+    }
+
+    #[test]
+    fn signal_mappings_are_checked_against_the_rules_with_locations() {
+        let mappings = [
+            "{matchers: ['a=\"1\"'], signal: burn_rate, event: security}",
+            "{matchers: ['a=\"2\"'], signal: burn_rate, value_from: 'value'}",
+            "{matchers: ['a=\"3\"'], event: security, value_from: 'annotation:value'}",
+            "{matchers: ['a=\"4\"'], signal: nowhere}",
+            "{matchers: ['a=\"5\"'], subject: [team], signal: burn_rate}",
+            "{matchers: ['a=\"6\"'], signal: burn_rate, value_from: 'label:not-a-label'}",
+        ];
+        let e = load_am(BURN_RULES, &mappings.iter().map(|m| format!("    - {m}\n")).collect::<String>())
+        .unwrap_err();
+        for want in [
+            "herald.yaml:4:55: an alertmanager mapping takes `event` or `signal`, not both",
+            "herald.yaml:5:60: invalid value_from \"value\": expected `annotation:NAME` or `label:NAME`",
+            "herald.yaml:6:58: `value_from` applies to `signal` mappings only",
+            "herald.yaml:7:37: alertmanager mapping sets signal \"nowhere\", which no group declares; add `nowhere: {alertmanager: true}`",
+            "herald.yaml:8:54: alertmanager mapping sets signal \"burn_rate\" for subjects [team], but group \"slo\" keys its subjects by [service]",
+            "invalid value_from \"label:not-a-label\": \"not-a-label\" is not a label name",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        // Declared with another source.
+        let e = load_am(BURN_RULES.replace("{alertmanager: true}", "{value: 1}").as_str(), "    - {matchers: ['a=\"1\"'], signal: burn_rate}\n").unwrap_err();
+        assert!(e.contains("group \"slo\" declares it with another source; declare it `burn_rate: {alertmanager: true}`"), "{e}");
+        // A signal from Alertmanager that no mapping sets: a warning, located at its group.
+        let (_, warnings) = load_am(BURN_RULES, "    - {matchers: ['a=\"1\"'], event: security}\n").unwrap();
+        assert!(warnings.contains("rules.yaml:2:11: warning: group \"slo\": signal \"burn_rate\" comes from Alertmanager but no integrations.alertmanager mapping sets it"), "{warnings}");
+        // `alertmanager: false` is not a source.
+        let e = load_am(&BURN_RULES.replace("alertmanager: true", "alertmanager: false"), "    - {matchers: ['a=\"1\"'], event: security}\n").unwrap_err();
+        assert!(e.contains("`alertmanager: false` declares no source"), "{e}");
     }
 }
