@@ -32,16 +32,25 @@ pub async fn catch_up<S: MetricsSource>(shared: &Arc<Shared>, source: &S) {
     }
     let config = shared.config();
     let now = now_ms();
-    let rules_of = |gi: usize| config.rules.groups[gi].rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>();
     let before = shared.core.lock().expect("core lock").state.clone();
     // Evaluations strictly before now: the live loop evaluates at now.
     let result = crate::replay::catch_up(&config, source, before.clone(), &plan, now - 1).await;
+    // The commit (SQLite, under the core lock) runs off the async workers.
+    let shared = shared.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || commit(&shared, &config, &plan, before, result, now)).await {
+        tracing::error!(error = %e, "catch-up task panicked");
+    }
+}
+
+/// Commits what the catch-up decided (or, if the history could not be read, holds the timers).
+fn commit(shared: &Shared, config: &crate::config::Config, plan: &[(usize, Ts)], before: State, result: crate::replay::CatchUp, now: Ts) {
+    let rules_of = |gi: usize| config.rules.groups[gi].rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>();
     if !result.failures.is_empty() {
         for f in &result.failures {
             tracing::warn!(group = %f.group, signal = %f.signal, error = %f.error, "cannot read history to catch up; the downtime counts as unknown");
         }
         let mut core = shared.core.lock().expect("core lock");
-        for (gi, _) in &plan {
+        for (gi, _) in plan {
             core.state.hold_timers(&rules_of(*gi), now);
         }
         return;
@@ -57,7 +66,7 @@ pub async fn catch_up<S: MetricsSource>(shared: &Arc<Shared>, source: &S) {
     }
     let planner = shared.planner.read().expect("planner lock").clone();
     let mut core = shared.core.lock().expect("core lock");
-    let entries = planner.plan(&decisions, &config, &core.store, now, shared.options.dry_run);
+    let entries = planner.plan(&decisions, config, &core.store, now, shared.options.dry_run);
     let late = entries.len();
     let commit = Commit {
         rules: plan.iter().flat_map(|(gi, _)| rules_of(*gi)).collect(),
@@ -71,7 +80,7 @@ pub async fn catch_up<S: MetricsSource>(shared: &Arc<Shared>, source: &S) {
     let saved = std::mem::replace(&mut core.state, result.state);
     match core.store.commit(&core.state, &commit) {
         Ok(()) => {
-            for (gi, _) in &plan {
+            for (gi, _) in plan {
                 let n = result.steps.iter().filter(|s| s.0 == *gi).count();
                 tracing::info!(group = %config.rules.groups[*gi].name, evaluations = n, "caught up on the evaluations missed while down");
             }
@@ -81,7 +90,7 @@ pub async fn catch_up<S: MetricsSource>(shared: &Arc<Shared>, source: &S) {
         Err(e) => {
             tracing::error!(error = %e, "cannot commit the catch-up; the downtime counts as unknown");
             core.state = saved;
-            for (gi, _) in &plan {
+            for (gi, _) in plan {
                 core.state.hold_timers(&rules_of(*gi), now);
             }
         }

@@ -141,8 +141,15 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             }
         }
         if per_subject {
-            let core = shared.core.lock().expect("core lock");
-            known.extend(core.state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels)).cloned());
+            // The core lock is taken off the async workers (a commit may hold it over an fsync).
+            let (s, labels) = (shared.clone(), group.subject_labels.clone());
+            let incident_subjects = tokio::task::spawn_blocking(move || {
+                let core = s.core.lock().expect("core lock");
+                core.state.incidents.keys().filter(|x| x.has_label_names(&labels)).cloned().collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            known.extend(incident_subjects);
         }
         known.sort_unstable();
         known.dedup();
