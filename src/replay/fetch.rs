@@ -200,6 +200,8 @@ pub(super) struct Fetcher<'a, S> {
     start: Ts,
     /// (group, ticket source) → its history.
     histories: HashMap<(usize, String), History>,
+    /// A history larger than this many points is not held (tests lower it).
+    pub(super) history_points: i64,
 }
 
 /// A range query with the replay's retries: the columns, or the last error; and the attempts.
@@ -228,7 +230,7 @@ impl<'a, S: MetricsSource> Fetcher<'a, S> {
         let min_iv = ivs.iter().copied().min().unwrap_or(60_000);
         let max_points = opts.max_points.clamp(1, MAX_POINTS_PER_SERIES);
         let start = next.iter().copied().min().unwrap_or(opts.from);
-        Fetcher { config, source, opts, ivs, min_iv, max_points, next, steps: FIRST_CHUNK_STEPS.min(max_points), start, histories: HashMap::new() }
+        Fetcher { config, source, opts, ivs, min_iv, max_points, next, steps: FIRST_CHUNK_STEPS.min(max_points), start, histories: HashMap::new(), history_points: HISTORY_POINTS }
     }
 
     /// The next chunk, fetched; `None` after the last.
@@ -339,7 +341,7 @@ impl<'a, S: MetricsSource> Fetcher<'a, S> {
                             let view = TicketView::History(pieces.iter().cloned().collect());
                             // A week of this source's series at this step: hold it only if small.
                             let series = pieces.back().map_or(0, |p| p.series.len() as i64);
-                            if series * (BASELINE_DAYS * DAY_MS / iv) > HISTORY_POINTS {
+                            if series * (BASELINE_DAYS * DAY_MS / iv) > self.history_points {
                                 *history = History::DayByDay;
                             }
                             Ok(view)

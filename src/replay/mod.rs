@@ -25,6 +25,8 @@
 pub mod diff;
 pub mod events;
 mod fetch;
+#[cfg(test)]
+mod tests;
 pub mod notifications;
 pub mod report;
 
