@@ -17,6 +17,7 @@ use std::future::Future;
 use crate::engine::{Subject, Ts};
 
 pub mod keyed;
+pub mod matrix;
 pub mod prometheus;
 pub mod tickets;
 
