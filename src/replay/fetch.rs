@@ -76,7 +76,14 @@ impl Dense {
     /// The values at step `i`, keyed by subject; two series for one subject is the same error
     /// the daemon's instant query gets.
     pub(super) fn at(&self, i: usize, subject_labels: &[String]) -> Result<HashMap<Subject, f64>, SourceError> {
-        let mut m: HashMap<Subject, f64> = HashMap::with_capacity(self.series.len());
+        let mut m = HashMap::with_capacity(self.series.len());
+        self.fill(i, subject_labels, &mut m)?;
+        Ok(m)
+    }
+
+    /// [`Dense::at`] into `m` (emptied first, its allocation kept).
+    pub(super) fn fill(&self, i: usize, subject_labels: &[String], m: &mut HashMap<Subject, f64>) -> Result<(), SourceError> {
+        m.clear();
         for (k, s) in self.series.iter().enumerate() {
             let v = s.values[i];
             if is_absent(v) {
@@ -92,7 +99,7 @@ impl Dense {
                 });
             }
         }
-        Ok(m)
+        Ok(())
     }
 }
 

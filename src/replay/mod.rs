@@ -190,6 +190,17 @@ fn ticket_counts(view: &TicketView, t: Ts, labels: &[String]) -> Result<(HashMap
     Ok((now, baseline))
 }
 
+/// The map of a slot that is to hold per-subject values (emptied when it was something else).
+fn series_slot(slot: &mut SlotValues) -> &mut HashMap<Subject, f64> {
+    if !matches!(slot, SlotValues::Series(_)) {
+        *slot = SlotValues::Series(HashMap::new());
+    }
+    match slot {
+        SlotValues::Series(m) => m,
+        _ => unreachable!("set above"),
+    }
+}
+
 /// Ticket counts as of a poll: (polled at, tickets, baseline).
 type TicketSnapshot = (Ts, HashMap<Subject, f64>, HashMap<Subject, f64>);
 
@@ -203,7 +214,9 @@ struct Run<'a> {
     /// `every:` signals: (group, slot) → (fetched at, values).
     holds: HashMap<(usize, usize), (Ts, HashMap<Subject, f64>)>,
     /// Ticket counts: (source, subject labels) → (fetched at, tickets, baseline).
-    ticket_cache: HashMap<(String, Vec<String>), TicketSnapshot>,
+    ticket_cache: Vec<((String, Vec<String>), TicketSnapshot)>,
+    /// Each group's input, reused from step to step.
+    inputs: Vec<GroupInput>,
     /// When each instance last became active: (rule, subject) → time.
     active_since: HashMap<(String, Subject), Ts>,
     /// Incident id → index in `out.incidents`.
@@ -264,7 +277,8 @@ async fn drive<S: MetricsSource>(
         emulator: notifications::Emulator::new(config),
         out: Outcome { from: opts.from, to: opts.to, ..Outcome::default() },
         holds: HashMap::new(),
-        ticket_cache: HashMap::new(),
+        ticket_cache: Vec::new(),
+        inputs: groups.iter().map(GroupInput::new).collect(),
         active_since: HashMap::new(),
         incident_index: HashMap::new(),
     };
@@ -349,38 +363,38 @@ impl Run<'_> {
     fn evaluate(&mut self, gi: usize, chunk: &GroupChunk, idx: usize, t: Ts) -> StepOutput {
         let config = self.config;
         let g = &config.rules.groups[gi];
-        let mut input = GroupInput::new(g);
+        // The group's input of the step before, every slot overwritten below (its maps reused).
+        let mut input = std::mem::replace(&mut self.inputs[gi], GroupInput { slots: Vec::new() });
         for s in &g.signals {
             match &s.source {
                 SignalSource::Value(_) => {}
                 SignalSource::Query(_) => {
                     if let (Some(every), Some((at, values))) = (s.every, self.holds.get(&(gi, s.slot))) {
                         if t - at < every.as_millis() as Ts {
-                            input.slots[s.slot] = SlotValues::Series(values.clone());
+                            series_slot(&mut input.slots[s.slot]).clone_from(values);
                             continue;
                         }
                     }
-                    input.slots[s.slot] = match &chunk.slots[&s.slot] {
-                        Err(e) => SlotValues::Unavailable(e.clone()),
-                        Ok(d) => match d.at(idx, &g.subject_labels) {
-                            Ok(m) => {
+                    match &chunk.slots[&s.slot] {
+                        Err(e) => input.slots[s.slot] = SlotValues::Unavailable(e.clone()),
+                        Ok(d) => match d.fill(idx, &g.subject_labels, series_slot(&mut input.slots[s.slot])) {
+                            Ok(()) => {
                                 if s.every.is_some() {
+                                    let SlotValues::Series(m) = &input.slots[s.slot] else { unreachable!("filled above") };
                                     self.holds.insert((gi, s.slot), (t, m.clone()));
                                 }
-                                SlotValues::Series(m)
                             }
-                            Err(e) => SlotValues::Unavailable(e.to_string()),
+                            Err(e) => input.slots[s.slot] = SlotValues::Unavailable(e.to_string()),
                         },
-                    };
+                    }
                 }
                 SignalSource::Tickets { source, baseline_slot } => {
-                    let (count, baseline) = self.tickets(source, &g.subject_labels, chunk, t);
-                    input.slots[s.slot] = count;
-                    input.slots[*baseline_slot] = baseline;
+                    self.tickets(source, &g.subject_labels, chunk, t, &mut input.slots, s.slot, *baseline_slot);
                 }
             }
         }
         let out = self.engine.evaluate_group(g, &input, &mut self.state, t);
+        self.inputs[gi] = input;
         self.out.evaluations += 1;
         self.out.rule_evaluations += (out.subjects * g.rules.len()) as u64;
         for tr in &out.transitions {
@@ -399,19 +413,26 @@ impl Run<'_> {
         out
     }
 
-    /// `tickets` and `tickets_baseline` at `t`, with the live poll cache.
-    fn tickets(&mut self, source: &str, labels: &[String], chunk: &GroupChunk, t: Ts) -> (SlotValues, SlotValues) {
-        let unavailable = |m: String| (SlotValues::Unavailable(m.clone()), SlotValues::Unavailable(m));
+    /// Sets `tickets` and `tickets_baseline` (slots `count` and `baseline`) at `t`, with the
+    /// live poll cache.
+    #[allow(clippy::too_many_arguments)]
+    fn tickets(&mut self, source: &str, labels: &[String], chunk: &GroupChunk, t: Ts, slots: &mut [SlotValues], count: usize, baseline: usize) {
+        let mut unavailable = |m: String| {
+            slots[count] = SlotValues::Unavailable(m.clone());
+            slots[baseline] = SlotValues::Unavailable(m);
+        };
         let Some(cfg) = self.config.ticket_sources.iter().find(|s| s.name == source) else {
             return unavailable(format!("ticket source {source:?} is not configured"));
         };
         if !matches!(cfg.kind, TicketKind::Prometheus { .. }) {
             return unavailable(format!("ticket source {source:?} has no history to replay"));
         }
-        let key = (source.to_string(), labels.to_vec());
-        if let Some((at, c, b)) = self.ticket_cache.get(&key) {
+        let cached = self.ticket_cache.iter().position(|((s, l), _)| s == source && l == labels);
+        if let Some((at, c, b)) = cached.map(|i| &self.ticket_cache[i].1) {
             if *at <= t && t - at < cfg.poll_interval.as_millis() as Ts {
-                return (SlotValues::Series(c.clone()), SlotValues::Series(b.clone()));
+                series_slot(&mut slots[count]).clone_from(c);
+                series_slot(&mut slots[baseline]).clone_from(b);
+                return;
             }
         }
         let view = match chunk.tickets.get(source) {
@@ -419,11 +440,15 @@ impl Run<'_> {
             Some(Err(e)) => return unavailable(e.clone()),
             None => return unavailable(format!("ticket source {source:?} was not queried")),
         };
-        let counts = ticket_counts(view, t, labels);
-        match counts {
+        match ticket_counts(view, t, labels) {
             Ok((c, b)) => {
-                self.ticket_cache.insert(key, (t, c.clone(), b.clone()));
-                (SlotValues::Series(c), SlotValues::Series(b))
+                let snapshot = (t, c.clone(), b.clone());
+                match cached {
+                    Some(i) => self.ticket_cache[i].1 = snapshot,
+                    None => self.ticket_cache.push(((source.to_string(), labels.to_vec()), snapshot)),
+                }
+                slots[count] = SlotValues::Series(c);
+                slots[baseline] = SlotValues::Series(b);
             }
             Err(e) => unavailable(e.to_string()),
         }
