@@ -107,7 +107,8 @@ impl std::borrow::Borrow<str> for Subject {
 
 impl PartialEq for Subject {
     fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
+        // Clones of one subject share their key: no need to compare the text.
+        Arc::ptr_eq(&self.key, &other.key) || self.key == other.key
     }
 }
 impl Eq for Subject {}
@@ -123,6 +124,9 @@ impl PartialOrd for Subject {
 }
 impl Ord for Subject {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.key, &other.key) {
+            return std::cmp::Ordering::Equal;
+        }
         self.key.cmp(&other.key)
     }
 }

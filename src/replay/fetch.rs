@@ -10,7 +10,7 @@
 //! It must not evaluate anything or decide what a value means: [`super::Run`] walks the chunks
 //! in order and owns every piece of state.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
@@ -47,11 +47,20 @@ struct DenseSeries {
 }
 
 impl Dense {
-    pub(super) fn new(columns: Vec<RangeColumn>, subject_labels: &[String], first: Ts, step: i64, n: usize) -> Dense {
+    /// Lays `columns` out as `n` steps from `first`; each series' subject is taken from
+    /// `subjects` when it is there (so every chunk shares the subjects the state holds).
+    pub(super) fn new(columns: Vec<RangeColumn>, subject_labels: &[String], first: Ts, step: i64, n: usize, subjects: &mut HashSet<Subject>) -> Dense {
         let series = columns
             .into_iter()
             .map(|c| {
                 let subject = Subject::new(subject_labels.iter().map(|l| (l.clone(), c.labels.get(l).cloned().unwrap_or_default())));
+                let subject = match subjects.get(&subject) {
+                    Some(s) => s.clone(),
+                    None => {
+                        subjects.insert(subject.clone());
+                        subject
+                    }
+                };
                 let mut values = c.values;
                 values.resize(n, ABSENT);
                 DenseSeries { subject, labels: c.labels, values }
@@ -163,8 +172,11 @@ enum TicketPart {
     Day(i64),
     /// The chunk's steps, appended to the history held.
     Next,
-    /// From 7 days before the chunk to its end: the history starts anew.
-    Fresh,
+    /// The chunk's steps when no history is held: then the week before it is fetched as well
+    /// ([`TicketPart::Back`]) if its size allows, else day by day.
+    Start,
+    /// The 7 days before the chunk, after [`TicketPart::Start`].
+    Back,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -209,6 +221,8 @@ pub(super) struct Fetcher<'a, S> {
     histories: HashMap<(usize, String), History>,
     /// A history larger than this many points is not held (tests lower it).
     pub(super) history_points: i64,
+    /// Every subject seen, shared by all chunks.
+    subjects: HashSet<Subject>,
 }
 
 /// A range query with the replay's retries: the columns, or the last error; and the attempts.
@@ -237,7 +251,7 @@ impl<'a, S: MetricsSource> Fetcher<'a, S> {
         let min_iv = ivs.iter().copied().min().unwrap_or(60_000);
         let max_points = opts.max_points.clamp(1, MAX_POINTS_PER_SERIES);
         let start = next.iter().copied().min().unwrap_or(opts.from);
-        Fetcher { config, source, opts, ivs, min_iv, max_points, next, steps: FIRST_CHUNK_STEPS.min(max_points), start, histories: HashMap::new(), history_points: HISTORY_POINTS }
+        Fetcher { config, source, opts, ivs, min_iv, max_points, next, steps: FIRST_CHUNK_STEPS.min(max_points), start, histories: HashMap::new(), history_points: HISTORY_POINTS, subjects: HashSet::new() }
     }
 
     /// The next chunk, fetched; `None` after the last.
@@ -288,8 +302,8 @@ impl<'a, S: MetricsSource> Fetcher<'a, S> {
                             }
                             History::Rolling(pieces) => {
                                 let follows = pieces.back().is_some_and(|p| p.last() + iv == first) && pieces.front().is_some_and(|p| p.first <= first - back);
-                                let (part, from) = if follows { (TicketPart::Next, first) } else { (TicketPart::Fresh, first - back) };
-                                jobs.push(Job { gi, target: Target::Ticket(ti, part), signal, query, first: from, last });
+                                let part = if follows { TicketPart::Next } else { TicketPart::Start };
+                                jobs.push(Job { gi, target: Target::Ticket(ti, part), signal, query, first, last });
                             }
                         }
                     }
@@ -298,73 +312,102 @@ impl<'a, S: MetricsSource> Fetcher<'a, S> {
             }
         }
 
-        let (source, opts, ivs) = (self.source, self.opts, &self.ivs);
-        let results: Vec<(Result<Vec<RangeColumn>, String>, u32)> =
-            stream::iter(jobs.iter().map(|j| fetch(source, j.query, j.first, j.last, ivs[j.gi], opts))).buffered(MAX_CONCURRENT_QUERIES).collect().await;
-
-        let mut chunk = Chunk { end, groups: spans.iter().map(|s| s.map(|(first, _)| GroupChunk { first, slots: HashMap::new(), tickets: HashMap::new() })).collect(), failures: Vec::new(), requests: 0 };
-        // Day-by-day ticket queries of a chunk, gathered before they make a view.
-        let mut days: HashMap<(usize, usize), Result<Vec<Dense>, String>> = HashMap::new();
-        for (job, (result, attempts)) in jobs.into_iter().zip(results) {
-            chunk.requests += u64::from(attempts);
-            let g = &groups[job.gi];
-            let (first, n) = spans[job.gi].expect("planned for a due group");
-            let iv = self.ivs[job.gi];
-            let result = result.map_err(|error| {
-                // One failure per signal (a ticket source queried day by day included).
-                if !chunk.failures.iter().any(|f| f.group == g.name && f.signal == job.signal) {
-                    chunk.failures.push(ChunkFailure { group: g.name.clone(), signal: job.signal.clone(), from: first, to: last_of(first, n, iv), attempts, error: error.clone() });
-                }
-                error
-            });
-            let gc = chunk.groups[job.gi].as_mut().expect("planned for a due group");
-            match job.target {
-                Target::Slot(slot) => {
-                    gc.slots.insert(slot, result.map(|c| Dense::new(c, &g.subject_labels, first, iv, n)));
-                }
-                Target::Ticket(ti, TicketPart::Day(_)) => {
-                    let entry = days.entry((job.gi, ti)).or_insert_with(|| Ok(Vec::new()));
-                    match (entry.as_mut(), result) {
-                        (Ok(v), Ok(c)) => v.push(Dense::new(c, &g.subject_labels, job.first, iv, n)),
-                        (Ok(_), Err(e)) => *entry = Err(e),
-                        (Err(_), _) => {}
+        let mut chunk = Chunk {
+            end,
+            groups: spans.iter().map(|s| s.map(|(first, _)| GroupChunk { first, slots: HashMap::new(), tickets: HashMap::new() })).collect(),
+            failures: Vec::new(),
+            requests: 0,
+        };
+        // Day-by-day ticket queries of a chunk, gathered before they make a view: day k at [k].
+        let mut days: HashMap<(usize, usize), Result<Vec<Option<Dense>>, String>> = HashMap::new();
+        // The chunk's own ticket counts while the week before it is fetched.
+        let mut started: HashMap<(usize, usize), Dense> = HashMap::new();
+        // A second round only when a ticket history starts: its size decides how to fetch it.
+        while !jobs.is_empty() {
+            let (source, opts, ivs) = (self.source, self.opts, &self.ivs);
+            let results: Vec<(Result<Vec<RangeColumn>, String>, u32)> =
+                stream::iter(jobs.iter().map(|j| fetch(source, j.query, j.first, j.last, ivs[j.gi], opts))).buffered(MAX_CONCURRENT_QUERIES).collect().await;
+            let mut follow = Vec::new();
+            for (job, (result, attempts)) in std::mem::take(&mut jobs).into_iter().zip(results) {
+                chunk.requests += u64::from(attempts);
+                let g = &groups[job.gi];
+                let (first, n) = spans[job.gi].expect("planned for a due group");
+                let iv = self.ivs[job.gi];
+                let result = result.map_err(|error| {
+                    // One failure per signal (a ticket source queried day by day included).
+                    if !chunk.failures.iter().any(|f| f.group == g.name && f.signal == job.signal) {
+                        chunk.failures.push(ChunkFailure { group: g.name.clone(), signal: job.signal.clone(), from: first, to: last_of(first, n, iv), attempts, error: error.clone() });
+                    }
+                    error
+                });
+                let steps = crate::source::grid_len(job.first, job.last, iv);
+                let gc = chunk.groups[job.gi].as_mut().expect("planned for a due group");
+                let Target::Ticket(ti, part) = job.target else {
+                    let Target::Slot(slot) = job.target else { unreachable!() };
+                    gc.slots.insert(slot, result.map(|c| Dense::new(c, &g.subject_labels, first, iv, n, &mut self.subjects)));
+                    continue;
+                };
+                let name = &config.ticket_sources[ti].name;
+                let key = (job.gi, ti);
+                let history = self.histories.get_mut(&(job.gi, name.clone())).expect("planned with its history");
+                let dense = result.map(|c| Dense::new(c, &g.subject_labels, job.first, iv, steps, &mut self.subjects));
+                match (part, dense) {
+                    (TicketPart::Day(k), dense) => {
+                        let entry = days.entry(key).or_insert_with(|| Ok((0..=BASELINE_DAYS).map(|_| None).collect()));
+                        match (entry.as_mut(), dense) {
+                            (Ok(v), Ok(d)) => v[k as usize] = Some(d),
+                            (Ok(_), Err(e)) => *entry = Err(e),
+                            (Err(_), _) => {}
+                        }
+                    }
+                    (TicketPart::Start, Ok(d)) => {
+                        // A week of this source's series at this step: hold it only if small.
+                        if d.series.len() as i64 * (BASELINE_DAYS * DAY_MS / iv) <= self.history_points {
+                            let (from, to) = (first - BASELINE_DAYS * DAY_MS, first - iv);
+                            follow.push(Job { gi: job.gi, target: Target::Ticket(ti, TicketPart::Back), signal: job.signal, query: job.query, first: from, last: to });
+                            started.insert(key, d);
+                        } else {
+                            *history = History::DayByDay;
+                            days.insert(key, Ok(std::iter::once(Some(d)).chain((1..=BASELINE_DAYS).map(|_| None)).collect()));
+                            for k in 1..=BASELINE_DAYS {
+                                let target = Target::Ticket(ti, TicketPart::Day(k));
+                                follow.push(Job { gi: job.gi, target, signal: job.signal.clone(), query: job.query, first: first - k * DAY_MS, last: job.last - k * DAY_MS });
+                            }
+                        }
+                    }
+                    (TicketPart::Next | TicketPart::Back, Ok(d)) => {
+                        let History::Rolling(pieces) = history else { unreachable!("a history piece is only fetched for a rolling history") };
+                        if part == TicketPart::Back {
+                            pieces.clear();
+                            pieces.push_back(Arc::new(d));
+                            pieces.push_back(Arc::new(started.remove(&key).expect("the chunk's own counts came first")));
+                        } else {
+                            pieces.push_back(Arc::new(d));
+                        }
+                        let oldest = first - BASELINE_DAYS * DAY_MS;
+                        while pieces.front().is_some_and(|p| p.last() < oldest) {
+                            pieces.pop_front();
+                        }
+                        gc.tickets.insert(name.clone(), Ok(TicketView::History(pieces.iter().cloned().collect())));
+                        let series = pieces.back().map_or(0, |p| p.series.len() as i64);
+                        if series * (BASELINE_DAYS * DAY_MS / iv) > self.history_points {
+                            *history = History::DayByDay;
+                        }
+                    }
+                    (TicketPart::Start | TicketPart::Next | TicketPart::Back, Err(e)) => {
+                        if let History::Rolling(pieces) = history {
+                            pieces.clear();
+                        }
+                        gc.tickets.insert(name.clone(), Err(e));
                     }
                 }
-                Target::Ticket(ti, part) => {
-                    let name = &config.ticket_sources[ti].name;
-                    let history = self.histories.get_mut(&(job.gi, name.clone())).expect("planned with its history");
-                    let History::Rolling(pieces) = history else { unreachable!("a history piece is only planned for a rolling history") };
-                    let view = match result {
-                        Ok(c) => {
-                            let piece = Arc::new(Dense::new(c, &g.subject_labels, job.first, iv, crate::source::grid_len(job.first, job.last, iv)));
-                            if part == TicketPart::Fresh {
-                                pieces.clear();
-                            }
-                            pieces.push_back(piece);
-                            let oldest = first - BASELINE_DAYS * DAY_MS;
-                            while pieces.front().is_some_and(|p| p.last() < oldest) {
-                                pieces.pop_front();
-                            }
-                            let view = TicketView::History(pieces.iter().cloned().collect());
-                            // A week of this source's series at this step: hold it only if small.
-                            let series = pieces.back().map_or(0, |p| p.series.len() as i64);
-                            if series * (BASELINE_DAYS * DAY_MS / iv) > self.history_points {
-                                *history = History::DayByDay;
-                            }
-                            Ok(view)
-                        }
-                        Err(e) => {
-                            pieces.clear();
-                            Err(e)
-                        }
-                    };
-                    gc.tickets.insert(name.clone(), view);
-                }
             }
+            jobs = follow;
         }
         for ((gi, ti), d) in days {
             let gc = chunk.groups[gi].as_mut().expect("planned for a due group");
-            gc.tickets.insert(config.ticket_sources[ti].name.clone(), d.map(TicketView::Days));
+            let view = d.map(|days| TicketView::Days(days.into_iter().map(|d| d.expect("every day fetched")).collect()));
+            gc.tickets.insert(config.ticket_sources[ti].name.clone(), view);
         }
 
         // Size the next chunk by what this one held.
