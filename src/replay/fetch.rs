@@ -82,6 +82,16 @@ impl Dense {
         (self.series.len() * self.n) as i64
     }
 
+    /// Step `i` of this very history (its address and first time tell it from any other).
+    pub(super) fn step_id(&self, i: usize) -> StepId {
+        StepId { dense: self as *const Dense as usize, first: self.first, i }
+    }
+
+    /// Whether every series has the same value (or none) at steps `a` and `b`.
+    pub(super) fn same_values(&self, a: usize, b: usize) -> bool {
+        self.series.iter().all(|s| s.values[a].to_bits() == s.values[b].to_bits())
+    }
+
     /// The values at step `i`, keyed by subject; two series for one subject is the same error
     /// the daemon's instant query gets.
     pub(super) fn at(&self, i: usize, subject_labels: &[String]) -> Result<HashMap<Subject, f64>, SourceError> {
@@ -110,6 +120,14 @@ impl Dense {
         }
         Ok(())
     }
+}
+
+/// One step of one [`Dense`] (see [`Dense::step_id`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct StepId {
+    dense: usize,
+    first: Ts,
+    i: usize,
 }
 
 /// A `prometheus` ticket source's counts over a chunk and the days before it.

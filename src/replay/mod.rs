@@ -217,6 +217,8 @@ struct Run<'a> {
     ticket_cache: Vec<((String, Vec<String>), TicketSnapshot)>,
     /// Each group's input, reused from step to step.
     inputs: Vec<GroupInput>,
+    /// Per group and slot: the chunk step its input values were read from, if they were.
+    filled: Vec<Vec<Option<fetch::StepId>>>,
     /// When each instance last became active: (rule, subject) → time.
     active_since: HashMap<(String, Subject), Ts>,
     /// Incident id → index in `out.incidents`.
@@ -279,6 +281,7 @@ async fn drive<S: MetricsSource>(
         holds: HashMap::new(),
         ticket_cache: Vec::new(),
         inputs: groups.iter().map(GroupInput::new).collect(),
+        filled: groups.iter().map(|g| vec![None; g.slots.len()]).collect(),
         active_since: HashMap::new(),
         incident_index: HashMap::new(),
     };
@@ -372,20 +375,34 @@ impl Run<'_> {
                     if let (Some(every), Some((at, values))) = (s.every, self.holds.get(&(gi, s.slot))) {
                         if t - at < every.as_millis() as Ts {
                             series_slot(&mut input.slots[s.slot]).clone_from(values);
+                            self.filled[gi][s.slot] = None;
                             continue;
                         }
                     }
+                    let filled = &mut self.filled[gi][s.slot];
                     match &chunk.slots[&s.slot] {
-                        Err(e) => input.slots[s.slot] = SlotValues::Unavailable(e.clone()),
-                        Ok(d) => match d.fill(idx, &g.subject_labels, series_slot(&mut input.slots[s.slot])) {
-                            Ok(()) => {
-                                if s.every.is_some() {
-                                    let SlotValues::Series(m) = &input.slots[s.slot] else { unreachable!("filled above") };
-                                    self.holds.insert((gi, s.slot), (t, m.clone()));
+                        Err(e) => {
+                            input.slots[s.slot] = SlotValues::Unavailable(e.clone());
+                            *filled = None;
+                        }
+                        Ok(d) => {
+                            // The step before's values, kept when no series changed.
+                            let kept = idx > 0 && *filled == Some(d.step_id(idx - 1)) && d.same_values(idx - 1, idx);
+                            let result = if kept { Ok(()) } else { d.fill(idx, &g.subject_labels, series_slot(&mut input.slots[s.slot])) };
+                            match result {
+                                Ok(()) => {
+                                    *filled = Some(d.step_id(idx));
+                                    if s.every.is_some() {
+                                        let SlotValues::Series(m) = &input.slots[s.slot] else { unreachable!("filled above") };
+                                        self.holds.insert((gi, s.slot), (t, m.clone()));
+                                    }
+                                }
+                                Err(e) => {
+                                    input.slots[s.slot] = SlotValues::Unavailable(e.to_string());
+                                    *filled = None;
                                 }
                             }
-                            Err(e) => input.slots[s.slot] = SlotValues::Unavailable(e.to_string()),
-                        },
+                        }
                     }
                 }
                 SignalSource::Tickets { source, baseline_slot } => {
