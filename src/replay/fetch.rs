@@ -125,6 +125,9 @@ impl Dense {
     }
 }
 
+/// A ticket source's days of a chunk queried one by one, day `k` at `[k]` once fetched.
+type DaysFetched = Vec<Option<Dense>>;
+
 /// One step of one [`Dense`] (see [`Dense::step_id`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct StepId {
@@ -340,7 +343,7 @@ impl<'a, S: MetricsSource> Fetcher<'a, S> {
             requests: 0,
         };
         // Day-by-day ticket queries of a chunk, gathered before they make a view: day k at [k].
-        let mut days: HashMap<(usize, usize), Result<Vec<Option<Dense>>, String>> = HashMap::new();
+        let mut days: HashMap<(usize, usize), Result<DaysFetched, String>> = HashMap::new();
         // The chunk's own ticket counts while the week before it is fetched.
         let mut started: HashMap<(usize, usize), Dense> = HashMap::new();
         // A second round only when a ticket history starts: its size decides how to fetch it.
@@ -354,13 +357,12 @@ impl<'a, S: MetricsSource> Fetcher<'a, S> {
                 let g = &groups[job.gi];
                 let (first, n) = spans[job.gi].expect("planned for a due group");
                 let iv = self.ivs[job.gi];
-                let result = result.map_err(|error| {
+                if let Err(error) = &result {
                     // One failure per signal (a ticket source queried day by day included).
                     if !chunk.failures.iter().any(|f| f.group == g.name && f.signal == job.signal) {
                         chunk.failures.push(ChunkFailure { group: g.name.clone(), signal: job.signal.clone(), from: first, to: last_of(first, n, iv), attempts, error: error.clone() });
                     }
-                    error
-                });
+                }
                 let steps = crate::source::grid_len(job.first, job.last, iv);
                 let gc = chunk.groups[job.gi].as_mut().expect("planned for a due group");
                 let Target::Ticket(ti, part) = job.target else {

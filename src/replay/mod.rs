@@ -175,10 +175,12 @@ pub fn parse_time(s: &str, now: Ts) -> Result<Ts, String> {
     })
 }
 
+type SubjectValues = HashMap<Subject, f64>;
+
 /// `tickets` and `tickets_baseline` at `t` from a chunk's ticket history: the count at `t` and,
 /// per subject, the median of its counts at the same time on the 7 previous days, as the
 /// daemon's `prometheus` ticket source computes them from its 8 instant queries.
-fn ticket_counts(view: &TicketView, t: Ts, labels: &[String]) -> Result<(HashMap<Subject, f64>, HashMap<Subject, f64>), SourceError> {
+fn ticket_counts(view: &TicketView, t: Ts, labels: &[String]) -> Result<(SubjectValues, SubjectValues), SourceError> {
     let now = view.day(0, t, labels)?;
     let mut per_day: HashMap<Subject, Vec<f64>> = HashMap::new();
     for k in 1..=BASELINE_DAYS {
