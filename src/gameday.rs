@@ -163,6 +163,10 @@ impl<S: MetricsSource> MetricsSource for ScenarioSource<S> {
     async fn range(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> Result<Vec<RangeSeries>, SourceError> {
         self.inner.range(query, start, end, step_ms).await
     }
+
+    async fn range_columns(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> Result<Vec<crate::source::RangeColumn>, SourceError> {
+        self.inner.range_columns(query, start, end, step_ms).await
+    }
 }
 
 /// The game day's incidents as records for the report, from its state database. Time to

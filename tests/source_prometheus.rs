@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use herald::config::daemon::{Auth, PrometheusConfig, TicketKind, TicketSource};
 use herald::engine::Subject;
-use herald::source::{key_by_subject, MetricsSource, PrometheusSource, SourceError, SubjectInterner, TicketCounter, TicketSourceClient, MAX_POINTS_PER_SERIES};
+use herald::source::{columns, key_by_subject, MetricsSource, PrometheusSource, SourceError, SubjectInterner, TicketCounter, TicketSourceClient, MAX_POINTS_PER_SERIES};
 use prometheus::{now_unix, Exporter, OpenMetrics, Prometheus};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -156,6 +156,19 @@ fn range_queries_are_chunked_below_the_point_limit_and_merged() {
         assert_eq!(*t, want, "point {i}");
         assert_eq!(*v, (want / 1000) as f64, "time() at point {i}");
     }
+
+    // Parsed straight into columns: the same answer, in as many requests.
+    let before = source.queries_sent();
+    let cols = block(source.range_columns("time()", start_s * 1000, end_s * 1000, 1000)).expect("columns");
+    assert_eq!(source.queries_sent() - before, expected_requests);
+    assert_eq!(cols, columns(series, start_s * 1000, end_s * 1000, 1000));
+    let labelled = "label_replace(vector(time()), \"service\", \"a\", \"\", \"\") or label_replace(vector(1), \"service\", \"b\", \"\", \"\")";
+    let (s, e) = (start_s * 1000, (start_s + 600) * 1000);
+    let general = block(source.range(labelled, s, e, 60_000)).expect("range");
+    assert_eq!(block(source.range_columns(labelled, s, e, 60_000)).expect("columns"), columns(general, s, e, 60_000));
+    let refused = (block(source.range("sum(", s, e, 60_000)).unwrap_err(), block(source.range_columns("sum(", s, e, 60_000)).unwrap_err());
+    assert!(matches!(&refused.0, SourceError::Query(_)), "{:?}", refused.0);
+    assert_eq!(refused.0, refused.1);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::engine::{Subject, Ts};
 use crate::source::prometheus::PrometheusSource;
-use crate::source::{MetricsSource, RangeSeries, Sample, SourceError, SubjectInterner};
+use crate::source::{MetricsSource, RangeColumn, RangeSeries, Sample, SourceError, SubjectInterner};
 
 const UNCONFIGURED: &str = "no `prometheus:` section in the configuration";
 
@@ -38,6 +38,13 @@ impl MetricsSource for LiveSource {
     async fn range(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> Result<Vec<RangeSeries>, SourceError> {
         match self {
             LiveSource::Prometheus(p) => p.range(query, start, end, step_ms).await,
+            LiveSource::Unconfigured => Err(SourceError::Transport(UNCONFIGURED.into())),
+        }
+    }
+
+    async fn range_columns(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> Result<Vec<RangeColumn>, SourceError> {
+        match self {
+            LiveSource::Prometheus(p) => p.range_columns(query, start, end, step_ms).await,
             LiveSource::Unconfigured => Err(SourceError::Transport(UNCONFIGURED.into())),
         }
     }

@@ -24,6 +24,9 @@
 
 pub mod diff;
 pub mod events;
+mod fetch;
+#[cfg(test)]
+mod tests;
 pub mod notifications;
 pub mod report;
 
@@ -37,15 +40,12 @@ pub use report::{summarize, IncidentRecord, IncidentSummary};
 use crate::config::daemon::TicketKind;
 use crate::config::{Config, PromDuration, SignalSource};
 use crate::engine::{ChangeKind, Engine, Event, GroupInput, Incident, Phase, SlotValues, State, StepOutput, Subject, Transition, Ts};
-use crate::source::tickets::{BASELINE_DAYS, DAY_MS};
-use crate::source::{median, MetricsSource, RangeSeries, SourceError, MAX_POINTS_PER_SERIES};
+use crate::source::tickets::BASELINE_DAYS;
+use crate::source::{median, MetricsSource, SourceError};
+use fetch::{GroupChunk, TicketView};
 
 /// Default points per series per range request: under Prometheus's limit of 11,000.
 pub const DEFAULT_MAX_POINTS: i64 = 10_000;
-/// Steps in the first chunk, before the number of series is known (a day at 1m).
-const FIRST_CHUNK_STEPS: i64 = 1_440;
-/// Points (series × steps, all signals of a group) one chunk may hold in memory.
-const POINTS_PER_CHUNK: i64 = 4_000_000;
 
 /// How to replay.
 #[derive(Clone, Debug)]
@@ -175,73 +175,31 @@ pub fn parse_time(s: &str, now: Ts) -> Result<Ts, String> {
     })
 }
 
-/// One signal's history over a chunk: per series, a value or nothing at every step.
-struct Dense {
-    series: Vec<DenseSeries>,
-}
+type SubjectValues = HashMap<Subject, f64>;
 
-struct DenseSeries {
-    subject: Subject,
-    labels: std::collections::BTreeMap<String, String>,
-    values: Vec<Option<f64>>,
-}
-
-impl Dense {
-    fn new(result: Vec<RangeSeries>, subject_labels: &[String], first: Ts, step: i64, n: usize) -> Dense {
-        let series = result
-            .into_iter()
-            .map(|rs| {
-                let subject = Subject::new(subject_labels.iter().map(|l| (l.clone(), rs.labels.get(l).cloned().unwrap_or_default())));
-                let mut values = vec![None; n];
-                for (t, v) in rs.points {
-                    let offset = t - first;
-                    let i = (offset + step / 2).div_euclid(step);
-                    if (0..n as i64).contains(&i) && (offset - i * step).abs() < 500 {
-                        values[i as usize] = Some(v);
-                    }
-                }
-                DenseSeries { subject, labels: rs.labels, values }
-            })
-            .collect();
-        Dense { series }
-    }
-
-    /// The values at step `i`, keyed by subject; two series for one subject is the same error
-    /// the daemon's instant query gets.
-    fn at(&self, i: usize, subject_labels: &[String]) -> Result<HashMap<Subject, f64>, SourceError> {
-        let mut m: HashMap<Subject, f64> = HashMap::with_capacity(self.series.len());
-        let mut origin: HashMap<&Subject, usize> = HashMap::new();
-        for (k, s) in self.series.iter().enumerate() {
-            let Some(v) = s.values[i] else { continue };
-            if let Some(first) = origin.insert(&s.subject, k) {
-                return Err(SourceError::DuplicateSubject {
-                    subject: s.subject.to_string(),
-                    first: crate::source::show_labels(&self.series[first].labels),
-                    second: crate::source::show_labels(&s.labels),
-                    labels: subject_labels.join(", "),
-                });
-            }
-            m.insert(s.subject.clone(), v);
+/// `tickets` and `tickets_baseline` at `t` from a chunk's ticket history: the count at `t` and,
+/// per subject, the median of its counts at the same time on the 7 previous days, as the
+/// daemon's `prometheus` ticket source computes them from its 8 instant queries.
+fn ticket_counts(view: &TicketView, t: Ts, labels: &[String]) -> Result<(SubjectValues, SubjectValues), SourceError> {
+    let now = view.day(0, t, labels)?;
+    let mut per_day: HashMap<Subject, Vec<f64>> = HashMap::new();
+    for k in 1..=BASELINE_DAYS {
+        for (s, v) in view.day(k, t, labels)? {
+            per_day.entry(s).or_default().push(v);
         }
-        Ok(m)
     }
+    let baseline: HashMap<Subject, f64> = per_day.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
+    Ok((now, baseline))
 }
 
-/// A group's history over one chunk.
-struct GroupChunk {
-    first: Ts,
-    /// Per query slot.
-    slots: HashMap<usize, Result<Dense, String>>,
-    /// Per `prometheus` ticket source: day 0 (now) to day 7.
-    tickets: HashMap<String, Result<Vec<Dense>, String>>,
-}
-
-impl GroupChunk {
-    /// Series held, over every signal (and every day of the ticket queries).
-    fn series(&self) -> usize {
-        let slots: usize = self.slots.values().filter_map(|d| d.as_ref().ok()).map(|d| d.series.len()).sum();
-        let tickets: usize = self.tickets.values().filter_map(|d| d.as_ref().ok()).flatten().map(|d| d.series.len()).sum();
-        slots + tickets
+/// The map of a slot that is to hold per-subject values (emptied when it was something else).
+fn series_slot(slot: &mut SlotValues) -> &mut HashMap<Subject, f64> {
+    if !matches!(slot, SlotValues::Series(_)) {
+        *slot = SlotValues::Series(HashMap::new());
+    }
+    match slot {
+        SlotValues::Series(m) => m,
+        _ => unreachable!("set above"),
     }
 }
 
@@ -258,7 +216,11 @@ struct Run<'a> {
     /// `every:` signals: (group, slot) → (fetched at, values).
     holds: HashMap<(usize, usize), (Ts, HashMap<Subject, f64>)>,
     /// Ticket counts: (source, subject labels) → (fetched at, tickets, baseline).
-    ticket_cache: HashMap<(String, Vec<String>), TicketSnapshot>,
+    ticket_cache: Vec<((String, Vec<String>), TicketSnapshot)>,
+    /// Each group's input, reused from step to step.
+    inputs: Vec<GroupInput>,
+    /// Per group and slot: the chunk step its input values were read from, if they were.
+    filled: Vec<Vec<Option<fetch::StepId>>>,
     /// When each instance last became active: (rule, subject) → time.
     active_since: HashMap<(String, Subject), Ts>,
     /// Incident id → index in `out.incidents`.
@@ -299,6 +261,8 @@ pub async fn catch_up<S: MetricsSource>(config: &Config, source: &S, state: Stat
 }
 
 /// The replay loop: every group from `next[gi]` (`Ts::MAX`: not at all) to `opts.to`, on `state`.
+/// Chunk N+1 is fetched while the engine walks chunk N; the chunks are walked strictly in
+/// order, so the state is carried exactly as in one sequential pass.
 async fn drive<S: MetricsSource>(
     config: &Config,
     source: &S,
@@ -309,8 +273,6 @@ async fn drive<S: MetricsSource>(
 ) -> (Outcome, State, Vec<(usize, Ts, StepOutput)>) {
     let groups = &config.rules.groups;
     let ivs: Vec<i64> = groups.iter().map(|g| (opts.step.unwrap_or(g.interval_or(config.global.evaluation_interval)).as_millis() as i64).max(1)).collect();
-    let min_iv = ivs.iter().copied().min().unwrap_or(60_000);
-    let max_points = opts.max_points.clamp(1, MAX_POINTS_PER_SERIES);
     let mut steps_out = Vec::new();
     let mut run = Run {
         config,
@@ -319,53 +281,27 @@ async fn drive<S: MetricsSource>(
         emulator: notifications::Emulator::new(config),
         out: Outcome { from: opts.from, to: opts.to, ..Outcome::default() },
         holds: HashMap::new(),
-        ticket_cache: HashMap::new(),
+        ticket_cache: Vec::new(),
+        inputs: groups.iter().map(GroupInput::new).collect(),
+        filled: groups.iter().map(|g| vec![None; g.slots.len()]).collect(),
         active_since: HashMap::new(),
         incident_index: HashMap::new(),
     };
     run.note_ticket_sources();
     let mut events = opts.events.iter().peekable();
-    let mut steps = FIRST_CHUNK_STEPS.min(max_points);
-    let mut chunk_start = next.iter().copied().min().unwrap_or(opts.from);
-    while chunk_start <= opts.to && !groups.is_empty() {
-        let chunk_end = chunk_start.saturating_add(steps * min_iv - 1).min(opts.to);
+    let mut fetcher = fetch::Fetcher::new(config, source, opts, ivs.clone(), next.clone());
+    let mut current = fetcher.next_chunk().await;
+    while let Some(mut chunk) = current.take() {
         run.out.chunks += 1;
-        let mut chunks: Vec<Option<GroupChunk>> = Vec::with_capacity(groups.len());
-        let mut points = 0i64;
-        for gi in 0..groups.len() {
-            if next[gi] > chunk_end {
-                chunks.push(None);
-                continue;
-            }
-            let n = ((chunk_end - next[gi]) / ivs[gi] + 1) as usize;
-            let c = run.fetch_group(source, gi, next[gi], ivs[gi], n, opts).await;
-            points += c.series() as i64 * n as i64;
-            chunks.push(Some(c));
-            if opts.stop_on_failure && !run.out.failures.is_empty() {
-                return (run.out, run.state, steps_out);
-            }
+        run.out.requests += chunk.requests;
+        let failed = !chunk.failures.is_empty();
+        run.out.failures.append(&mut chunk.failures);
+        if opts.stop_on_failure && failed {
+            return (run.out, run.state, steps_out);
         }
-        // Walk the chunk in time order: events first, then the groups due at that instant.
-        while let Some((t, gi)) = (0..groups.len()).filter(|&gi| next[gi] <= chunk_end).map(|gi| (next[gi], gi)).min() {
-            while let Some(e) = events.next_if(|e| e.at <= t) {
-                run.apply_event(e);
-            }
-            let chunk = chunks[gi].as_ref().expect("fetched for every group due in the chunk");
-            let idx = ((t - chunk.first) / ivs[gi]) as usize;
-            let out = run.evaluate(gi, chunk, idx, t);
-            if keep_steps {
-                steps_out.push((gi, t, out));
-            }
-            next[gi] += ivs[gi];
-        }
-        // Size the next chunk by what this one held.
-        if points > 0 {
-            let per_step = (points / steps.max(1)).max(1);
-            steps = (POINTS_PER_CHUNK / per_step).clamp(60.min(max_points), max_points);
-        } else {
-            steps = max_points;
-        }
-        chunk_start = chunk_end + 1;
+        let walk = run.walk(&chunk, &ivs, &mut next, &mut events, keep_steps.then_some(&mut steps_out));
+        let (following, ()) = tokio::join!(fetcher.next_chunk(), walk);
+        current = following;
     }
     for e in events {
         if e.at <= opts.to {
@@ -377,24 +313,8 @@ async fn drive<S: MetricsSource>(
     (run.out, run.state, steps_out)
 }
 
-async fn fetch<S: MetricsSource>(source: &S, query: &str, first: Ts, last: Ts, step: i64, opts: &Options, requests: &mut u64) -> Result<Vec<RangeSeries>, (String, u32)> {
-    let attempts = opts.attempts.max(1);
-    let mut delay = opts.retry_delay;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        *requests += 1;
-        match source.range(query, first, last, step).await {
-            Ok(r) => return Ok(r),
-            Err(e) if attempt >= attempts => return Err((e.to_string(), attempt)),
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "range query failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-    }
-}
+/// How long the walk of a chunk runs before it lets the next chunk's queries make progress.
+const WALK_SLICE: Duration = Duration::from_millis(2);
 
 impl Run<'_> {
     fn note_ticket_sources(&mut self) {
@@ -422,52 +342,40 @@ impl Run<'_> {
         }
     }
 
-    async fn fetch_group<S: MetricsSource>(&mut self, source: &S, gi: usize, first: Ts, step: i64, n: usize, opts: &Options) -> GroupChunk {
-        let g = &self.config.rules.groups[gi];
-        let last = first + (n as i64 - 1) * step;
-        let mut chunk = GroupChunk { first, slots: HashMap::new(), tickets: HashMap::new() };
-        let fail = |out: &mut Outcome, signal: String, error: String, attempts: u32| {
-            out.failures.push(ChunkFailure { group: g.name.clone(), signal, from: first, to: last, attempts, error: error.clone() });
-            error
-        };
-        for s in &g.signals {
-            match &s.source {
-                SignalSource::Query(q) => {
-                    let r = match fetch(source, q, first, last, step, opts, &mut self.out.requests).await {
-                        Ok(r) => Ok(Dense::new(r, &g.subject_labels, first, step, n)),
-                        Err((e, a)) => Err(fail(&mut self.out, s.name.clone(), e, a)),
-                    };
-                    chunk.slots.insert(s.slot, r);
-                }
-                SignalSource::Tickets { source: name, .. } => {
-                    let Some(TicketKind::Prometheus { query }) = self.config.ticket_sources.iter().find(|t| &t.name == name).map(|t| &t.kind) else { continue };
-                    if chunk.tickets.contains_key(name) {
-                        continue;
-                    }
-                    let mut days = Vec::new();
-                    let mut err = None;
-                    for k in 0..=BASELINE_DAYS {
-                        let shift = k * DAY_MS;
-                        match fetch(source, query, first - shift, last - shift, step, opts, &mut self.out.requests).await {
-                            Ok(r) => days.push(Dense::new(r, &g.subject_labels, first - shift, step, n)),
-                            Err((e, a)) => {
-                                err = Some(fail(&mut self.out, format!("ticket source {name}"), e, a));
-                                break;
-                            }
-                        }
-                    }
-                    chunk.tickets.insert(name.clone(), err.map_or(Ok(days), Err));
-                }
-                SignalSource::Value(_) | SignalSource::Alertmanager => {}
+    /// Walks a chunk in time order: events first, then the groups due at that instant. It
+    /// yields every [`WALK_SLICE`] so the next chunk's queries, joined with it, progress.
+    async fn walk(
+        &mut self,
+        chunk: &fetch::Chunk,
+        ivs: &[i64],
+        next: &mut [Ts],
+        events: &mut std::iter::Peekable<std::slice::Iter<'_, TimedEvent>>,
+        mut steps_out: Option<&mut Vec<(usize, Ts, StepOutput)>>,
+    ) {
+        let mut slice = std::time::Instant::now();
+        while let Some((t, gi)) = (0..next.len()).filter(|&gi| next[gi] <= chunk.end).map(|gi| (next[gi], gi)).min() {
+            while let Some(e) = events.next_if(|e| e.at <= t) {
+                self.apply_event(e);
+            }
+            let g = chunk.groups[gi].as_ref().expect("fetched for every group due in the chunk");
+            let idx = ((t - g.first) / ivs[gi]) as usize;
+            let out = self.evaluate(gi, g, idx, t);
+            if let Some(steps) = steps_out.as_deref_mut() {
+                steps.push((gi, t, out));
+            }
+            next[gi] += ivs[gi];
+            if slice.elapsed() >= WALK_SLICE {
+                tokio::task::yield_now().await;
+                slice = std::time::Instant::now();
             }
         }
-        chunk
     }
 
     fn evaluate(&mut self, gi: usize, chunk: &GroupChunk, idx: usize, t: Ts) -> StepOutput {
         let config = self.config;
         let g = &config.rules.groups[gi];
-        let mut input = GroupInput::new(g);
+        // The group's input of the step before, every slot overwritten below (its maps reused).
+        let mut input = std::mem::replace(&mut self.inputs[gi], GroupInput { slots: Vec::new() });
         for s in &g.signals {
             match &s.source {
                 // Pushed values have no history: unknown throughout (noted once).
@@ -475,31 +383,44 @@ impl Run<'_> {
                 SignalSource::Query(_) => {
                     if let (Some(every), Some((at, values))) = (s.every, self.holds.get(&(gi, s.slot))) {
                         if t - at < every.as_millis() as Ts {
-                            input.slots[s.slot] = SlotValues::Series(values.clone());
+                            series_slot(&mut input.slots[s.slot]).clone_from(values);
+                            self.filled[gi][s.slot] = None;
                             continue;
                         }
                     }
-                    input.slots[s.slot] = match &chunk.slots[&s.slot] {
-                        Err(e) => SlotValues::Unavailable(e.clone()),
-                        Ok(d) => match d.at(idx, &g.subject_labels) {
-                            Ok(m) => {
-                                if s.every.is_some() {
-                                    self.holds.insert((gi, s.slot), (t, m.clone()));
+                    let filled = &mut self.filled[gi][s.slot];
+                    match &chunk.slots[&s.slot] {
+                        Err(e) => {
+                            input.slots[s.slot] = SlotValues::Unavailable(e.clone());
+                            *filled = None;
+                        }
+                        Ok(d) => {
+                            // The step before's values, kept when no series changed.
+                            let kept = idx > 0 && *filled == Some(d.step_id(idx - 1)) && d.same_values(idx - 1, idx);
+                            let result = if kept { Ok(()) } else { d.fill(idx, &g.subject_labels, series_slot(&mut input.slots[s.slot])) };
+                            match result {
+                                Ok(()) => {
+                                    *filled = Some(d.step_id(idx));
+                                    if s.every.is_some() {
+                                        let SlotValues::Series(m) = &input.slots[s.slot] else { unreachable!("filled above") };
+                                        self.holds.insert((gi, s.slot), (t, m.clone()));
+                                    }
                                 }
-                                SlotValues::Series(m)
+                                Err(e) => {
+                                    input.slots[s.slot] = SlotValues::Unavailable(e.to_string());
+                                    *filled = None;
+                                }
                             }
-                            Err(e) => SlotValues::Unavailable(e.to_string()),
-                        },
-                    };
+                        }
+                    }
                 }
                 SignalSource::Tickets { source, baseline_slot } => {
-                    let (count, baseline) = self.tickets(source, &g.subject_labels, chunk, idx, t);
-                    input.slots[s.slot] = count;
-                    input.slots[*baseline_slot] = baseline;
+                    self.tickets(source, &g.subject_labels, chunk, t, &mut input.slots, s.slot, *baseline_slot);
                 }
             }
         }
         let out = self.engine.evaluate_group(g, &input, &mut self.state, t);
+        self.inputs[gi] = input;
         self.out.evaluations += 1;
         self.out.rule_evaluations += (out.subjects * g.rules.len()) as u64;
         for tr in &out.transitions {
@@ -518,41 +439,42 @@ impl Run<'_> {
         out
     }
 
-    /// `tickets` and `tickets_baseline` at `t`, with the live poll cache.
-    fn tickets(&mut self, source: &str, labels: &[String], chunk: &GroupChunk, idx: usize, t: Ts) -> (SlotValues, SlotValues) {
-        let unavailable = |m: String| (SlotValues::Unavailable(m.clone()), SlotValues::Unavailable(m));
+    /// Sets `tickets` and `tickets_baseline` (slots `count` and `baseline`) at `t`, with the
+    /// live poll cache.
+    #[allow(clippy::too_many_arguments)]
+    fn tickets(&mut self, source: &str, labels: &[String], chunk: &GroupChunk, t: Ts, slots: &mut [SlotValues], count: usize, baseline: usize) {
+        let mut unavailable = |m: String| {
+            slots[count] = SlotValues::Unavailable(m.clone());
+            slots[baseline] = SlotValues::Unavailable(m);
+        };
         let Some(cfg) = self.config.ticket_sources.iter().find(|s| s.name == source) else {
             return unavailable(format!("ticket source {source:?} is not configured"));
         };
         if !matches!(cfg.kind, TicketKind::Prometheus { .. }) {
             return unavailable(format!("ticket source {source:?} has no history to replay"));
         }
-        let key = (source.to_string(), labels.to_vec());
-        if let Some((at, c, b)) = self.ticket_cache.get(&key) {
+        let cached = self.ticket_cache.iter().position(|((s, l), _)| s == source && l == labels);
+        if let Some((at, c, b)) = cached.map(|i| &self.ticket_cache[i].1) {
             if *at <= t && t - at < cfg.poll_interval.as_millis() as Ts {
-                return (SlotValues::Series(c.clone()), SlotValues::Series(b.clone()));
+                series_slot(&mut slots[count]).clone_from(c);
+                series_slot(&mut slots[baseline]).clone_from(b);
+                return;
             }
         }
-        let days = match chunk.tickets.get(source) {
-            Some(Ok(d)) => d,
+        let view = match chunk.tickets.get(source) {
+            Some(Ok(v)) => v,
             Some(Err(e)) => return unavailable(e.clone()),
             None => return unavailable(format!("ticket source {source:?} was not queried")),
         };
-        let counts = (|| -> Result<_, SourceError> {
-            let now = days[0].at(idx, labels)?;
-            let mut per_day: HashMap<Subject, Vec<f64>> = HashMap::new();
-            for d in &days[1..] {
-                for (s, v) in d.at(idx, labels)? {
-                    per_day.entry(s).or_default().push(v);
-                }
-            }
-            let baseline: HashMap<Subject, f64> = per_day.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
-            Ok((now, baseline))
-        })();
-        match counts {
+        match ticket_counts(view, t, labels) {
             Ok((c, b)) => {
-                self.ticket_cache.insert(key, (t, c.clone(), b.clone()));
-                (SlotValues::Series(c), SlotValues::Series(b))
+                let snapshot = (t, c.clone(), b.clone());
+                match cached {
+                    Some(i) => self.ticket_cache[i].1 = snapshot,
+                    None => self.ticket_cache.push(((source.to_string(), labels.to_vec()), snapshot)),
+                }
+                slots[count] = SlotValues::Series(c);
+                slots[baseline] = SlotValues::Series(b);
             }
             Err(e) => unavailable(e.to_string()),
         }

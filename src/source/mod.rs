@@ -17,6 +17,7 @@ use std::future::Future;
 use crate::engine::{Subject, Ts};
 
 pub mod keyed;
+pub mod matrix;
 pub mod prometheus;
 pub mod tickets;
 
@@ -37,6 +38,70 @@ pub struct Sample {
 pub struct RangeSeries {
     pub labels: BTreeMap<String, String>,
     pub points: Vec<(Ts, f64)>,
+}
+
+/// One series of a range-query result laid on the query's step grid: `values[i]` is the value
+/// at `start + i × step`, [`ABSENT`] where the series has no point. Eight bytes a step, where
+/// [`RangeSeries`] takes sixteen and a timestamp to look up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RangeColumn {
+    pub labels: BTreeMap<String, String>,
+    pub values: Vec<f64>,
+}
+
+/// Bit pattern of "no point at this step" in a [`RangeColumn`]: a NaN with a payload no
+/// parser produces (a NaN sample value is stored as the canonical [`f64::NAN`]).
+const ABSENT_BITS: u64 = 0x7ff8_0000_dead_0001;
+/// "No point at this step" in a [`RangeColumn`] (test with [`is_absent`], never with `==`).
+pub const ABSENT: f64 = f64::from_bits(ABSENT_BITS);
+
+/// Whether a [`RangeColumn`] value is [`ABSENT`] (a NaN sample value is not).
+pub fn is_absent(v: f64) -> bool {
+    v.to_bits() == ABSENT_BITS
+}
+
+/// A value as a [`RangeColumn`] stores it: any NaN becomes the canonical NaN, so no sample
+/// value can read as [`ABSENT`].
+pub fn column_value(v: f64) -> f64 {
+    if v.is_nan() {
+        f64::NAN
+    } else {
+        v
+    }
+}
+
+/// The number of steps of a range query from `start` to `end` inclusive (0 when `end < start`).
+pub fn grid_len(start: Ts, end: Ts, step_ms: i64) -> usize {
+    if end < start || step_ms <= 0 {
+        0
+    } else {
+        ((end - start) / step_ms + 1) as usize
+    }
+}
+
+/// The step index of a point at `t` on the grid `start + i × step` (`n` steps), if it lies on
+/// the grid (within half a second: the API speaks decimal seconds).
+pub fn grid_index(t: Ts, start: Ts, step_ms: i64, n: usize) -> Option<usize> {
+    let offset = t - start;
+    let i = (offset + step_ms / 2).div_euclid(step_ms);
+    ((0..n as i64).contains(&i) && (offset - i * step_ms).abs() < 500).then_some(i as usize)
+}
+
+/// Lays range-query series on their step grid (see [`RangeColumn`]).
+pub fn columns(series: Vec<RangeSeries>, start: Ts, end: Ts, step_ms: i64) -> Vec<RangeColumn> {
+    let n = grid_len(start, end, step_ms);
+    series
+        .into_iter()
+        .map(|rs| {
+            let mut values = vec![ABSENT; n];
+            for (t, v) in rs.points {
+                if let Some(i) = grid_index(t, start, step_ms, n) {
+                    values[i] = column_value(v);
+                }
+            }
+            RangeColumn { labels: rs.labels, values }
+        })
+        .collect()
 }
 
 /// Why a source could not answer.
@@ -61,6 +126,13 @@ pub trait MetricsSource: Send + Sync {
     fn instant(&self, query: &str, at: Ts) -> impl Future<Output = Result<Vec<Sample>, SourceError>> + Send;
     /// A range query from `start` to `end` inclusive, every `step_ms`.
     fn range(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> impl Future<Output = Result<Vec<RangeSeries>, SourceError>> + Send;
+
+    /// A range query laid on its step grid `start + i × step_ms` up to `end`: the same answer
+    /// as [`MetricsSource::range`] through [`columns`] (the default), but a source may parse its
+    /// answer straight into columns.
+    fn range_columns(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> impl Future<Output = Result<Vec<RangeColumn>, SourceError>> + Send {
+        async move { Ok(columns(self.range(query, start, end, step_ms).await?, start, end, step_ms)) }
+    }
 
     /// An instant query keyed by `subject_labels`: what the daemon evaluates, once per signal.
     /// The same as [`key_by_subject`] over [`MetricsSource::instant`] (the default), but a

@@ -17,7 +17,8 @@ use prometheus_http_query::response::Data;
 use prometheus_http_query::Error as PromError;
 
 use super::keyed::{self, Answer};
-use super::{MetricsSource, RangeSeries, Sample, SourceError, SubjectInterner};
+use super::matrix::{self, MatrixAnswer};
+use super::{MetricsSource, RangeColumn, RangeSeries, Sample, SourceError, SubjectInterner};
 use crate::config::daemon::{Auth, PrometheusConfig};
 use crate::engine::{Subject, Ts};
 
@@ -178,6 +179,47 @@ impl PrometheusSource {
         }
     }
 
+    /// A raw answer that must be the API's JSON (an error answer included).
+    fn json_response(&self, response: Result<reqwest::Response, PromError>) -> Result<reqwest::Response, SourceError> {
+        let response = response.map_err(|e| self.map_err(e))?;
+        let url = &self.url;
+        let status = response.status();
+        if !is_json(response.headers().get(header::CONTENT_TYPE)) {
+            return Err(if status.is_client_error() || status.is_server_error() {
+                SourceError::Response(format!("Prometheus at {url} answered HTTP {status} without a JSON body (a proxy in between?)"))
+            } else {
+                SourceError::Response(format!(
+                    "Prometheus at {url}: the answer is not JSON (HTTP {status}) (expected application/json; a proxy in between?)"
+                ))
+            });
+        }
+        Ok(response)
+    }
+
+    /// One request of a range query (at most [`MAX_POINTS_PER_SERIES`] steps), parsed into `into`.
+    async fn range_chunk_into(&self, query: &str, start: Ts, end: Ts, step_ms: i64, into: &mut matrix::Columns) -> Result<(), SourceError> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .client
+            .query_range(query, start.div_euclid(1000), end.div_euclid(1000), step_ms as f64 / 1000.0)
+            .timeout(self.timeout_ms().min(i64::MAX as u64) as i64)
+            .get_raw()
+            .await;
+        let body = self.json_response(response)?.bytes().await.map_err(|e| self.map_reqwest(&e))?;
+        let url = &self.url;
+        let not_float = |detail: &dyn std::fmt::Display| {
+            SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {detail}; {HISTOGRAM_HINT}"))
+        };
+        match matrix::parse_matrix(&body, into) {
+            Ok(MatrixAnswer::Matrix) => Ok(()),
+            Ok(MatrixAnswer::Failed { timeout: true, .. }) => Err(SourceError::Timeout(self.timeout_ms())),
+            Ok(MatrixAnswer::Failed { message, .. }) => Err(SourceError::Query(message)),
+            Ok(MatrixAnswer::Type(t)) => Err(SourceError::Response(format!("Prometheus at {url} answered a range query with a {t} result instead of a matrix"))),
+            Ok(MatrixAnswer::NotFloat) => Err(not_float(&"a sample without a float value")),
+            Err(e) => Err(not_float(&format!("error decoding response body: {e}"))),
+        }
+    }
+
     async fn range_chunk(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> Result<Vec<RangeSeries>, SourceError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let result = self
@@ -262,26 +304,9 @@ impl MetricsSource for PrometheusSource {
         interner: &mut SubjectInterner,
     ) -> Result<HashMap<Subject, f64>, SourceError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
-        let response = self
-            .client
-            .query(query)
-            .query("time", api_time(at))
-            .timeout(self.timeout_ms().min(i64::MAX as u64) as i64)
-            .get_raw()
-            .await
-            .map_err(|e| self.map_err(e))?;
+        let response = self.client.query(query).query("time", api_time(at)).timeout(self.timeout_ms().min(i64::MAX as u64) as i64).get_raw().await;
+        let body = self.json_response(response)?.bytes().await.map_err(|e| self.map_reqwest(&e))?;
         let url = &self.url;
-        let status = response.status();
-        if !is_json(response.headers().get(header::CONTENT_TYPE)) {
-            return Err(if status.is_client_error() || status.is_server_error() {
-                SourceError::Response(format!("Prometheus at {url} answered HTTP {status} without a JSON body (a proxy in between?)"))
-            } else {
-                SourceError::Response(format!(
-                    "Prometheus at {url}: the answer is not JSON (HTTP {status}) (expected application/json; a proxy in between?)"
-                ))
-            });
-        }
-        let body = response.bytes().await.map_err(|e| self.map_reqwest(&e))?;
         let not_float = |detail: &dyn std::fmt::Display| {
             SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {detail}; {HISTOGRAM_HINT}"))
         };
@@ -325,6 +350,21 @@ impl MetricsSource for PrometheusSource {
             s.points.dedup_by_key(|p| p.0);
         }
         Ok(merged)
+    }
+
+    /// [`MetricsSource::range`] parsed straight into columns ([`super::matrix`]): the same
+    /// answers and errors for a fraction of the memory.
+    async fn range_columns(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> Result<Vec<RangeColumn>, SourceError> {
+        if step_ms <= 0 {
+            return Err(SourceError::Query(format!("range query step must be positive, got {step_ms}ms")));
+        }
+        let mut columns = matrix::Columns::new(start, end, step_ms);
+        if end >= start {
+            for (s, e) in chunks(start, end, step_ms) {
+                self.range_chunk_into(query, s, e, step_ms, &mut columns).await?;
+            }
+        }
+        Ok(columns.into_series())
     }
 }
 
