@@ -398,18 +398,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn one_query_per_signal_per_evaluation_and_every_reuses_values() {
+
+    /// A daemon's shared state over one rule file, its database in a temporary directory.
+    fn shared_over(rules: &str) -> (tempfile::TempDir, Arc<Shared>) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("rules.yaml"),
-            "groups:\n  - name: g\n    subject: [service]\n    signals:\n      a: {query: 'a'}\n      b: {query: 'b'}\n      slow: {query: 'slow', every: 1m}\n      k: {value: 1}\n    rules:\n      - {name: R, when: 'a > 0 and b > 0 and slow > 0', action: notify}\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("herald.yaml"), "prometheus: {url: 'http://127.0.0.1:9'}\nglobal: {state_dir: state}\nrule_files: [rules.yaml]\n").unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        let herald = format!("prometheus: {{url: 'http://127.0.0.1:9'}}\nglobal: {{state_dir: {:?}}}\nrule_files: [rules.yaml]\n", dir.path().join("state"));
+        std::fs::write(dir.path().join("herald.yaml"), herald).unwrap();
         let (config, _) = crate::config::load_config(&dir.path().join("herald.yaml"), &|_| None).unwrap();
         let store = crate::store::Store::open_dir(&config.global.state_dir).unwrap();
-        let shared = Arc::new(Shared::new(config, store, RunOptions::default()).unwrap());
+        (dir, Arc::new(Shared::new(config, store, RunOptions::default()).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn one_query_per_signal_per_evaluation_and_every_reuses_values() {
+        let (_dir, shared) = shared_over("groups:\n  - name: g\n    subject: [service]\n    signals:\n      a: {query: 'a'}\n      b: {query: 'b'}\n      slow: {query: 'slow', every: 1m}\n      k: {value: 1}\n    rules:\n      - {name: R, when: 'a > 0 and b > 0 and slow > 0', action: notify}\n");
         let config = shared.config();
         let source = Counting { n: 1000, calls: Default::default(), total: AtomicUsize::new(0) };
         let tickets = Tickets::new();
@@ -470,16 +473,7 @@ mod tests {
     /// A failed commit rolls back by reloading, and the next evaluation decides again.
     #[tokio::test]
     async fn commits_write_only_changed_rows_and_the_database_matches_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("rules.yaml"),
-            "groups:\n  - name: g\n    subject: [service]\n    signals:\n      a: {query: 'a'}\n    rules:\n      - {name: R, when: 'a > 0', for: 1m, keep_firing_for: 1m, action: notify}\n      - {name: Fast, when: 'a > 0', action: notify}\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("herald.yaml"), "prometheus: {url: 'http://127.0.0.1:9'}\nglobal: {state_dir: state}\nrule_files: [rules.yaml]\n").unwrap();
-        let (config, _) = crate::config::load_config(&dir.path().join("herald.yaml"), &|_| None).unwrap();
-        let store = crate::store::Store::open_dir(&config.global.state_dir).unwrap();
-        let shared = Arc::new(Shared::new(config, store, RunOptions::default()).unwrap());
+        let (_dir, shared) = shared_over("groups:\n  - name: g\n    subject: [service]\n    signals:\n      a: {query: 'a'}\n    rules:\n      - {name: R, when: 'a > 0', for: 1m, keep_firing_for: 1m, action: notify}\n      - {name: Fast, when: 'a > 0', action: notify}\n");
         let config = shared.config();
         let source = Scripted { step: AtomicUsize::new(0) };
         let tickets = Tickets::new();

@@ -136,12 +136,12 @@ fn full_samples(body: &[u8]) -> Result<Vec<Sample>, serde_json::Error> {
 }
 
 /// A sample value as the API writes it: a decimal, `NaN`, `+Inf` or `-Inf`.
-fn parse_value<E: de::Error>(s: &str) -> Result<f64, E> {
+pub(super) fn parse_value<E: de::Error>(s: &str) -> Result<f64, E> {
     s.parse().map_err(|_| E::custom(format!("invalid sample value {s:?}")))
 }
 
 /// A string that borrows from the body unless it had escapes.
-struct CowStr<'de>(Cow<'de, str>);
+pub(super) struct CowStr<'de>(pub(super) Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for CowStr<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

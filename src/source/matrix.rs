@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 
+use super::keyed::{parse_value, CowStr};
 use super::{column_value, grid_index, grid_len, RangeColumn, ABSENT};
 use crate::engine::Ts;
 
@@ -90,35 +90,6 @@ pub fn parse_matrix(body: &[u8], into: &mut Columns) -> Result<MatrixAnswer, ser
             TopOut::Data(DataOut::Type(t) | DataOut::Unordered(t)) => MatrixAnswer::Type(t),
             TopOut::Data(DataOut::Missing) => return Err(de::Error::custom("no data.result in a successful answer")),
         });
-    }
-}
-
-fn parse_value<E: de::Error>(s: &str) -> Result<f64, E> {
-    s.parse().map_err(|_| E::custom(format!("invalid sample value {s:?}")))
-}
-
-/// A string that borrows from the body unless it had escapes.
-struct CowStr<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for CowStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CowStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 
