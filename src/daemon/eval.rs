@@ -133,14 +133,15 @@ pub async fn evaluate_group_once<S: MetricsSource>(
         })
         .collect();
     if !ticket_signals.is_empty() {
+        // Only sources asked per subject (the HTTP kinds) need the subjects the group knows.
         let per_subject = ticket_signals.iter().any(|(_, _, name)| tickets.get(*name).is_some_and(|c| c.per_subject()));
         let mut known: Vec<crate::engine::Subject> = Vec::new();
-        for slot in input.slots.iter().filter(|_| per_subject) {
-            if let SlotValues::Series(m) = slot {
-                known.extend(m.keys().cloned());
-            }
-        }
         if per_subject {
+            for slot in &input.slots {
+                if let SlotValues::Series(m) = slot {
+                    known.extend(m.keys().cloned());
+                }
+            }
             // The core lock is taken off the async workers (a commit may hold it over an fsync).
             let (s, labels) = (shared.clone(), group.subject_labels.clone());
             let incident_subjects = tokio::task::spawn_blocking(move || {
@@ -397,7 +398,6 @@ mod tests {
             Ok(Vec::new())
         }
     }
-
 
     /// A daemon's shared state over one rule file, its database in a temporary directory.
     fn shared_over(rules: &str) -> (tempfile::TempDir, Arc<Shared>) {

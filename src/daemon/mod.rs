@@ -72,15 +72,9 @@ impl Core {
     /// Throws away uncommitted changes: reloads the state from the database. If even that
     /// fails, the core is marked stale and refuses work until a reload succeeds.
     pub fn roll_back(&mut self, config: &Config) {
-        match load_state(&self.store, config) {
-            Ok((state, _)) => {
-                self.state = state;
-                self.stale = false;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reload the state after a failed save; evaluations and events wait until it can be read");
-                self.stale = true;
-            }
+        self.stale = true;
+        if let Err(e) = self.ensure_loaded(config) {
+            tracing::error!(error = %e, "cannot reload the state after a failed save; evaluations and events wait until it can be read");
         }
     }
 
