@@ -4,7 +4,6 @@
 //! 5% of services breaching (so ~500 open incidents with comms rules live), the rest healthy.
 //! Target (issue 2): under 50 ms on one core of the 2-core CI machine.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use herald::config::load_rule_files;
@@ -17,7 +16,7 @@ fn main() {
     let (rules, _) = load_rule_files(&[pack]).expect("pack loads");
     let group = &rules.groups[0];
     let subjects: Vec<Subject> = (0..SUBJECTS).map(|i| Subject::new([("service", format!("svc-{i:05}"))])).collect();
-    let series = |f: &dyn Fn(usize) -> f64| -> SlotValues { SlotValues::Series(subjects.iter().enumerate().map(|(i, s)| (s.clone(), f(i))).collect::<HashMap<_, _>>()) };
+    let series = |f: &dyn Fn(usize) -> f64| -> SlotValues { SlotValues::Series(std::sync::Arc::new(subjects.iter().enumerate().map(|(i, s)| (s.clone(), f(i))).collect::<herald::engine::SubjectMap<_>>())) };
     let breaching = |i: usize| i.is_multiple_of(20);
     let mut input = GroupInput::new(group);
     let set = |input: &mut GroupInput, name: &str, v: SlotValues| input.slots[group.slot(name).unwrap()] = v;
@@ -25,7 +24,7 @@ fn main() {
     set(&mut input, "affected_ratio", series(&|i| if breaching(i) { 0.12 } else { 0.001 }));
     set(&mut input, "burn_rate", series(&|i| if breaching(i) { 8.0 } else { 0.4 }));
     set(&mut input, "customer_facing", series(&|i| if i.is_multiple_of(7) { 0.0 } else { 1.0 }));
-    set(&mut input, "security", SlotValues::Series(HashMap::new()));
+    set(&mut input, "security", SlotValues::Series(std::sync::Arc::new(Default::default())));
     set(&mut input, "tickets", series(&|i| (i % 13) as f64));
     set(&mut input, "tickets_baseline", series(&|i| (i % 5) as f64));
 

@@ -6,6 +6,7 @@
 //! The daemon itself runs unchanged, in dry-run and rehearsal mode (`daemon::rehearsal`): the
 //! CLI wires it up. Nothing here sends or decides anything.
 
+use crate::engine::SubjectMap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -19,7 +20,7 @@ use crate::store::{Store, StoreError};
 use crate::testing::parse_series;
 
 /// Per subject, a scripted value (or none) at every step.
-pub type Scripted = HashMap<Subject, Vec<Option<f64>>>;
+pub type Scripted = SubjectMap<Vec<Option<f64>>>;
 
 /// A validated scenario.
 #[derive(Clone, Debug, PartialEq)]

@@ -204,7 +204,7 @@ fn ticket_baseline_is_the_median_of_the_previous_seven_days() {
     let at = at_s * 1000;
     block(async {
         let before = metrics.queries_sent();
-        let c = tickets.counts(&subjects, &subject_labels, at).await.expect("counts");
+        let c = tickets.counts(&subjects, &subject_labels, at, &mut Default::default()).await.expect("counts");
         assert_eq!(metrics.queries_sent() - before, 8, "today plus 7 previous days");
         assert_eq!(c.tickets.get(&service("checkout")), Some(&30.0));
         assert_eq!(c.baseline.get(&service("checkout")), Some(&6.0));
@@ -216,11 +216,11 @@ fn ticket_baseline_is_the_median_of_the_previous_seven_days() {
         assert_eq!(c.baseline.get(&service("legacy")), Some(&11.0));
 
         // Within poll_interval (on the `at` clock) the cached counts come back without a query.
-        let again = tickets.counts(&subjects, &subject_labels, at + 299_000).await.expect("cached");
+        let again = tickets.counts(&subjects, &subject_labels, at + 299_000, &mut Default::default()).await.expect("cached");
         assert_eq!(again, c);
         assert_eq!(metrics.queries_sent() - before, 8);
         // After poll_interval it asks again.
-        tickets.counts(&subjects, &subject_labels, at + 300_000).await.expect("refetched");
+        tickets.counts(&subjects, &subject_labels, at + 300_000, &mut Default::default()).await.expect("refetched");
         assert_eq!(metrics.queries_sent() - before, 16);
     });
 }

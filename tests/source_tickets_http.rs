@@ -232,7 +232,7 @@ fn zendesk_counts_baseline_requests_and_cache() {
     });
     let tickets = client(&zendesk(&server.url()));
 
-    let c = block(tickets.counts(&[service("checkout"), service("search")], &labels(), AT)).expect("counts");
+    let c = block(tickets.counts(&[service("checkout"), service("search")], &labels(), AT, &mut Default::default())).expect("counts");
     assert_eq!(c.tickets.get(&service("checkout")), Some(&40.0));
     assert_eq!(c.baseline.get(&service("checkout")), Some(&6.0));
     assert_eq!(c.tickets.get(&service("search")), Some(&2.0));
@@ -255,12 +255,12 @@ fn zendesk_counts_baseline_requests_and_cache() {
     assert!((2..=4).contains(&max), "at most 4 requests in flight, and they do overlap: {max}");
 
     // Within poll_interval: cached, no request.
-    let again = block(tickets.counts(&[service("search"), service("checkout")], &labels(), AT + 60_000)).expect("cached");
+    let again = block(tickets.counts(&[service("search"), service("checkout")], &labels(), AT + 60_000, &mut Default::default())).expect("cached");
     assert_eq!(again, c);
     assert_eq!(server.count(), 16);
 
     // A new subject within poll_interval: only it is fetched.
-    let more = block(tickets.counts(&[service("checkout"), service("search"), service("billing")], &labels(), AT + 60_000)).expect("new subject");
+    let more = block(tickets.counts(&[service("checkout"), service("search"), service("billing")], &labels(), AT + 60_000, &mut Default::default())).expect("new subject");
     assert_eq!(server.count(), 24);
     assert_eq!(more.tickets.get(&service("billing")), Some(&1.0));
     assert_eq!(more.baseline.get(&service("billing")), Some(&2.0));
@@ -279,11 +279,11 @@ fn zendesk_refetches_after_poll_interval() {
     });
     let tickets = client(&zendesk(&server.url()));
     let subjects = [service("checkout")];
-    let first = block(tickets.counts(&subjects, &labels(), AT)).expect("counts");
+    let first = block(tickets.counts(&subjects, &labels(), AT, &mut Default::default())).expect("counts");
     assert_eq!(first.tickets[&service("checkout")], 40.0);
-    block(tickets.counts(&subjects, &labels(), AT + 299_999)).expect("cached");
+    block(tickets.counts(&subjects, &labels(), AT + 299_999, &mut Default::default())).expect("cached");
     assert_eq!(server.count(), 8);
-    let later = block(tickets.counts(&subjects, &labels(), AT + 300_000)).expect("refetched");
+    let later = block(tickets.counts(&subjects, &labels(), AT + 300_000, &mut Default::default())).expect("refetched");
     assert_eq!(server.count(), 16);
     assert_eq!(later.tickets[&service("checkout")], 41.0);
     assert_eq!(later.baseline[&service("checkout")], 6.0);
@@ -303,7 +303,7 @@ fn zendesk_429_fails_the_poll_and_waits_for_retry_after() {
     let tickets = client(&zendesk(&server.url()));
     let subjects = [service("checkout")];
 
-    match block(tickets.counts(&subjects, &labels(), AT)) {
+    match block(tickets.counts(&subjects, &labels(), AT, &mut Default::default())) {
         Err(SourceError::Response(m)) => assert!(m.contains("429") && m.contains(&rfc3339(AT + 120_000)), "{m}"),
         other => panic!("expected a 429 error, got {other:?}"),
     }
@@ -313,14 +313,14 @@ fn zendesk_429_fails_the_poll_and_waits_for_retry_after() {
 
     // Before Retry-After has passed: an error, and no request at all.
     limited.store(false, Ordering::SeqCst);
-    match block(tickets.counts(&subjects, &labels(), AT + 119_000)) {
+    match block(tickets.counts(&subjects, &labels(), AT + 119_000, &mut Default::default())) {
         Err(SourceError::Response(m)) => assert!(m.contains("not polling again before"), "{m}"),
         other => panic!("expected the back-off error, got {other:?}"),
     }
     assert_eq!(server.count(), sent);
 
     // Afterwards it polls again.
-    let c = block(tickets.counts(&subjects, &labels(), AT + 120_000)).expect("after back-off");
+    let c = block(tickets.counts(&subjects, &labels(), AT + 120_000, &mut Default::default())).expect("after back-off");
     assert_eq!(c.tickets[&service("checkout")], 3.0);
     assert_eq!(c.baseline[&service("checkout")], 3.0);
     assert_eq!(server.count(), sent + 8);
@@ -356,10 +356,10 @@ fn http_json_reads_the_pointer_and_skips_missing_days() {
     });
     let url = format!("{}/tickets?service={{{{ subject.service }}}}&from={{{{ start_unix }}}}&to={{{{ end_unix }}}}", server.url());
     let tickets = client(&http_json(url, "/data/count"));
-    let c = block(tickets.counts(&[service("checkout"), service("search")], &labels(), AT)).expect("counts");
+    let c = block(tickets.counts(&[service("checkout"), service("search")], &labels(), AT, &mut Default::default())).expect("counts");
     assert_eq!(
         c,
-        TicketCounts { tickets: [(service("checkout"), 17.0)].into_iter().collect(), baseline: [(service("checkout"), 3.5)].into_iter().collect() }
+        TicketCounts { tickets: std::sync::Arc::new([(service("checkout"), 17.0)].into_iter().collect()), baseline: std::sync::Arc::new([(service("checkout"), 3.5)].into_iter().collect()) }
     );
     let reqs = server.requests();
     assert_eq!(reqs.len(), 16);
@@ -380,7 +380,7 @@ fn http_json_failures_are_clear_errors_and_do_not_stick() {
     });
     let tickets = client(&http_json(format!("{}/count?s={{{{ subject.service }}}}&key=secret", server.url()), "/data/count"));
     let subjects = [service("checkout")];
-    let err = |at| match block(tickets.counts(&subjects, &labels(), at)) {
+    let err = |at| match block(tickets.counts(&subjects, &labels(), at, &mut Default::default())) {
         Err(SourceError::Response(m)) => m,
         other => panic!("expected a Response error, got {other:?}"),
     };
@@ -396,7 +396,7 @@ fn http_json_failures_are_clear_errors_and_do_not_stick() {
 
     // A failure is not cached: the next call (same `at`) polls again and succeeds.
     *mode.lock().expect("lock") = "ok";
-    let c = block(tickets.counts(&subjects, &labels(), AT)).expect("recovered");
+    let c = block(tickets.counts(&subjects, &labels(), AT, &mut Default::default())).expect("recovered");
     assert_eq!(c.tickets[&service("checkout")], 5.0);
     assert_eq!(c.baseline[&service("checkout")], 5.0);
 }
@@ -405,7 +405,7 @@ fn http_json_failures_are_clear_errors_and_do_not_stick() {
 fn unreachable_and_slow_endpoints_are_transport_and_timeout_errors() {
     let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let tickets = client(&http_json(format!("http://127.0.0.1:{port}/count"), "/count"));
-    match block(tickets.counts(&[service("checkout")], &labels(), AT)) {
+    match block(tickets.counts(&[service("checkout")], &labels(), AT, &mut Default::default())) {
         Err(SourceError::Transport(m)) => assert!(m.contains(&format!("127.0.0.1:{port}/count")), "{m}"),
         other => panic!("expected a Transport error, got {other:?}"),
     }
@@ -414,14 +414,14 @@ fn unreachable_and_slow_endpoints_are_transport_and_timeout_errors() {
     let mut cfg = http_json(format!("{}/count", slow.url()), "/count");
     cfg.timeout = Duration::from_millis(200);
     let tickets = client(&cfg);
-    assert_eq!(block(tickets.counts(&[service("checkout")], &labels(), AT)), Err(SourceError::Timeout(200)));
+    assert_eq!(block(tickets.counts(&[service("checkout")], &labels(), AT, &mut Default::default())), Err(SourceError::Timeout(200)));
 }
 
 #[test]
 fn a_template_error_is_reported_before_any_request() {
     let server = Server::start(Duration::ZERO, |_| json(r#"{"count": 1}"#));
     let tickets = client(&http_json(format!("{}/count?team={{{{ subject.team }}}}", server.url()), "/count"));
-    match block(tickets.counts(&[service("checkout")], &labels(), AT)) {
+    match block(tickets.counts(&[service("checkout")], &labels(), AT, &mut Default::default())) {
         Err(SourceError::Query(m)) => assert!(m.contains("url template") && m.contains("service=\"checkout\""), "{m}"),
         other => panic!("expected a template error, got {other:?}"),
     }

@@ -3,9 +3,8 @@
 //! stay unknown (config validation refuses query signals without `prometheus:` anyway).
 
 use crate::config::daemon::PrometheusConfig;
-use std::collections::HashMap;
 
-use crate::engine::{Subject, Ts};
+use crate::engine::{SubjectMap, Ts};
 use crate::source::prometheus::PrometheusSource;
 use crate::source::{MetricsSource, RangeColumn, RangeSeries, Sample, SourceError, SubjectInterner};
 
@@ -51,7 +50,7 @@ impl MetricsSource for LiveSource {
 
     /// Forwarded, so the daemon gets Prometheus's lean parse (regression: the default
     /// `instant` + `key_by_subject` path tripled the cost of a cycle at 10,000 services).
-    async fn instant_keyed(&self, query: &str, at: Ts, subject_labels: &[String], interner: &mut SubjectInterner) -> Result<HashMap<Subject, f64>, SourceError> {
+    async fn instant_keyed(&self, query: &str, at: Ts, subject_labels: &[String], interner: &mut SubjectInterner) -> Result<SubjectMap<f64>, SourceError> {
         match self {
             LiveSource::Prometheus(p) => p.instant_keyed(query, at, subject_labels, interner).await,
             LiveSource::Unconfigured => Err(SourceError::Transport(UNCONFIGURED.into())),

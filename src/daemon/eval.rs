@@ -35,12 +35,12 @@ pub fn ticket_clients<S: MetricsSource>(config: &Config, source: &Arc<S>) -> Tic
 /// when its series are keyed again.
 #[derive(Debug, Default)]
 pub struct SignalCache {
-    entries: HashMap<usize, (Ts, HashMap<crate::engine::Subject, f64>)>,
+    entries: HashMap<usize, (Ts, Arc<crate::engine::SubjectMap<f64>>)>,
     /// Per rule: evaluations in a row where it was unknown for every subject (warned once at 10).
     unknown_streak: HashMap<String, u32>,
     subjects: SubjectInterner,
     /// The `herald_ticket_ratio` last exported per subject.
-    ticket_ratio: HashMap<crate::engine::Subject, f64>,
+    ticket_ratio: crate::engine::SubjectMap<f64>,
 }
 
 /// Evaluations in a row a rule may be unknown for every subject before a warning is logged.
@@ -105,6 +105,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                 if config.shard.total > 1 {
                     m.retain(|subject, _| config.shard.owns(subject));
                 }
+                let m = Arc::new(m);
                 if *cached {
                     cache.entries.insert(*slot, (now, m.clone()));
                 }
@@ -162,14 +163,14 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                 input.slots[baseline_slot] = SlotValues::Unavailable(msg);
                 continue;
             };
-            let result = client.counts(&known, &group.subject_labels, now).await;
+            let result = client.counts(&known, &group.subject_labels, now, &mut cache.subjects).await;
             // Label values leave Herald only as `notification.scrub.labels` allows.
             let scrubber = shared.planner.read().expect("planner lock").clone();
             match result {
                 Ok(counts) => {
                     // Counts are cached between polls: only a ratio that moved is exported
                     // again (a subject's labels are scrubbed once per change, not per cycle).
-                    for (subject, n) in &counts.tickets {
+                    for (subject, n) in counts.tickets.iter() {
                         if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
                             let ratio = n / b;
                             if cache.ticket_ratio.insert(subject.clone(), ratio) != Some(ratio) {
@@ -463,7 +464,7 @@ mod tests {
         }
     }
 
-    fn live(state: &crate::engine::State) -> BTreeMap<String, HashMap<crate::engine::Subject, crate::engine::Instance>> {
+    fn live(state: &crate::engine::State) -> BTreeMap<String, crate::engine::SubjectMap<crate::engine::Instance>> {
         state.instances.iter().filter(|(_, m)| !m.is_empty()).map(|(r, m)| (r.clone(), m.clone())).collect()
     }
 

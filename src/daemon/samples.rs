@@ -34,7 +34,7 @@ mod tests {
     use super::*;
     use crate::config::Severity;
     use crate::engine::{Incident, SlotValues, Subject};
-    use std::collections::HashMap;
+    use crate::engine::SubjectMap;
 
     #[test]
     fn records_open_and_recently_resolved_incidents_only() {
@@ -50,7 +50,7 @@ mod tests {
         let b = Subject::new([("service", "b")]);
         let c = Subject::new([("service", "c")]);
         let mut input = GroupInput::new(group);
-        input.slots[group.slot("sli").unwrap()] = SlotValues::Series(HashMap::from([(a.clone(), 0.9), (b.clone(), 0.8), (c.clone(), f64::NAN)]));
+        input.slots[group.slot("sli").unwrap()] = SlotValues::Series(std::sync::Arc::new(SubjectMap::from_iter([(a.clone(), 0.9), (b.clone(), 0.8), (c.clone(), f64::NAN)])));
         let mut state = State::default();
         let now = 10 * 3_600_000;
         state.incidents.insert(a.clone(), Incident::open("INC-1".into(), a, Severity::Critical, 0, None));

@@ -5,9 +5,12 @@
 //! them re-implements a rule semantic. This module does no I/O, reads no clock and holds no
 //! locks: time comes in as an argument, and the caller persists what comes out.
 //!
-//! One evaluation of a group, for each subject (sorted, so output order is stable):
-//! 1. every rule's condition is decided against the subject's signals and its latest incident
-//!    as it was *before* this step;
+//! One evaluation of a group:
+//! 1. every rule's condition is decided, for every subject in any order, against the subject's
+//!    signals and its latest incident as it was *before* this step; subjects with nothing to do
+//!    (no rule true, no instance, no open incident) stop here, after their unknowns are counted.
+//!
+//! Then, for each remaining subject in sorted order (so incident ids and output are stable):
 //! 2. each instance moves per [`instance::step`] (Prometheus `for`/`keep_firing_for`, with
 //!    unknown holding state);
 //! 3. the actions of rules that started firing take effect (open an incident, engage legal,
@@ -27,7 +30,7 @@ pub mod incident;
 pub mod instance;
 pub mod subject;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use minijinja::Value as TValue;
 use serde::Serialize;
@@ -35,7 +38,7 @@ use serde::Serialize;
 pub use event::{EventFields, EventNote, FieldError, HeraldEvent, TimelineEntry};
 pub use incident::{Channel, Effect, Event, EventError, Evidence, Incident, Status};
 pub use instance::{Instance, Phase, Ts};
-pub use subject::Subject;
+pub use subject::{BuildSubjectHasher, Subject, SubjectMap, SubjectSet};
 
 use crate::config::{template, Action, Group, Rule, Severity, SignalSource};
 use crate::expr::{Ctx, IncidentField, IncidentView, Truth, Value};
@@ -45,13 +48,13 @@ use crate::expr::{Ctx, IncidentField, IncidentView, Truth, Value};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
     /// Pending and firing instances, by rule name then subject.
-    pub instances: BTreeMap<String, HashMap<Subject, Instance>>,
+    pub instances: BTreeMap<String, SubjectMap<Instance>>,
     /// The latest incident of each subject (open or resolved).
-    pub incidents: HashMap<Subject, Incident>,
+    pub incidents: SubjectMap<Incident>,
     /// Earlier incidents of a subject that still have obligations after a newer one opened
     /// (a postmortem owed, a legal review pending), oldest first. Events reach them by id and
     /// `incident.postmortems_owed` counts them; they leave memory once nothing is owed.
-    pub earlier: HashMap<Subject, Vec<Incident>>,
+    pub earlier: SubjectMap<Vec<Incident>>,
     /// The number of the next incident id.
     pub next_incident_seq: u64,
 }
@@ -59,8 +62,9 @@ pub struct State {
 /// The values of one signal slot for one evaluation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SlotValues {
-    /// Per-subject values (one query, keyed by the subject labels).
-    Series(HashMap<Subject, f64>),
+    /// Per-subject values (one query, keyed by the subject labels). Shared, so a value kept
+    /// between evaluations (an `every:` signal, ticket counts between polls) is not copied.
+    Series(std::sync::Arc<SubjectMap<f64>>),
     /// The same value for every subject.
     Constant(f64),
     /// The source failed or is not configured: every subject is without a value.
@@ -68,7 +72,7 @@ pub enum SlotValues {
     /// Values for some subjects and `otherwise` for every other one: a pushed signal whose
     /// source reports only what is firing (Alertmanager), so a subject it did not mention is
     /// known to be quiet.
-    SeriesOr { values: HashMap<Subject, f64>, otherwise: f64 },
+    SeriesOr { values: SubjectMap<f64>, otherwise: f64 },
 }
 
 impl SlotValues {
@@ -83,9 +87,10 @@ impl SlotValues {
     }
 
     /// The per-subject values this slot names explicitly (they make subjects of a group).
-    pub fn keyed(&self) -> Option<&HashMap<Subject, f64>> {
+    pub fn keyed(&self) -> Option<&SubjectMap<f64>> {
         match self {
-            SlotValues::Series(m) | SlotValues::SeriesOr { values: m, .. } => Some(m),
+            SlotValues::Series(m) => Some(m),
+            SlotValues::SeriesOr { values: m, .. } => Some(m),
             SlotValues::Constant(_) | SlotValues::Unavailable(_) => None,
         }
     }
@@ -428,57 +433,76 @@ impl Engine {
         debug_assert_eq!(input.slots.len(), group.slots.len());
         let mut out = StepOutput::default();
 
+        // Take each rule's instance map out of the state for the loop (no lookup per subject).
+        let mut maps: Vec<SubjectMap<Instance>> =
+            group.rules.iter().map(|r| state.instances.remove(&r.name).unwrap_or_default()).collect();
+
         // The subjects: every series, every live instance, every incident with these labels.
         // Deduplicate through a set first: the same subjects appear in every signal.
-        let mut seen: std::collections::HashSet<&Subject> = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<&Subject, BuildSubjectHasher> = Default::default();
+        seen.reserve(input.slots.iter().filter_map(|s| s.keyed().map(|m| m.len())).max().unwrap_or(0));
         for slot in &input.slots {
             if let Some(m) = slot.keyed() {
-                seen.reserve(m.len());
                 seen.extend(m.keys());
             }
         }
-        for rule in &group.rules {
-            if let Some(m) = state.instances.get(&rule.name) {
-                seen.extend(m.keys());
-            }
+        for m in &maps {
+            seen.extend(m.keys());
         }
         seen.extend(state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels)));
-        let mut subjects: Vec<Subject> = seen.into_iter().cloned().collect();
-        subjects.sort_unstable();
-        out.subjects = subjects.len();
-
-        // Take each rule's instance map out of the state for the loop (no lookup per subject).
-        let mut maps: Vec<HashMap<Subject, Instance>> =
-            group.rules.iter().map(|r| state.instances.remove(&r.name).unwrap_or_default()).collect();
+        out.subjects = seen.len();
         let mut values: Vec<Option<f64>> = vec![None; group.slots.len()];
-        let mut truths: Vec<Truth> = vec![Truth::Unknown; group.rules.len()];
         let mut started: Vec<usize> = Vec::new();
         let mut changed: Vec<(usize, Phase, Phase, Ts)> = Vec::new();
         let mut label_values: Vec<&str> = Vec::with_capacity(group.subject_labels.len());
         let rule_slots: Vec<Vec<usize>> = group.rules.iter().map(|r| r.when.signals()).collect();
         out.unknown_by_rule = vec![[0; 4]; group.rules.len()];
+        let n_rules = group.rules.len();
 
-        for subject in &subjects {
+        // Pass 1, in any order: decide every rule for every subject against the state as it was
+        // before this step (a subject's conditions read only its own incidents), count the
+        // unknowns, and keep the subjects with something to do: a rule true, an instance to
+        // step, or an open incident to follow. Usually a small share of them.
+        let mut active: Vec<(Subject, usize)> = Vec::new();
+        let mut all_truths: Vec<Truth> = Vec::new();
+        let mut truths: Vec<Truth> = vec![Truth::Unknown; n_rules];
+        for &subject in &seen {
             for (slot, v) in input.slots.iter().zip(values.iter_mut()) {
                 *v = slot.get(subject).filter(|x| !x.is_nan());
             }
             label_values.clear();
             label_values.extend(group.subject_labels.iter().map(|l| subject.get(l).unwrap_or("")));
-            started.clear();
-            changed.clear();
-            {
-                let view = state.view(subject, now);
-                let ctx = Ctx { signals: &values, subject: &label_values, incident: &view, now: now as f64 / 1000.0 };
-                for (ri, rule) in group.rules.iter().enumerate() {
-                    truths[ri] = rule.when.truth(&ctx);
-                }
-            }
+            let view = state.view(subject, now);
+            let ctx = Ctx { signals: &values, subject: &label_values, incident: &view, now: now as f64 / 1000.0 };
+            let mut busy = view.open;
             for (ri, rule) in group.rules.iter().enumerate() {
-                let truth = truths[ri];
+                let truth = rule.when.truth(&ctx);
+                truths[ri] = truth;
                 if truth == Truth::Unknown {
                     out.unknown += 1;
                     out.unknown_by_rule[ri][UnknownReason::of(&rule_slots[ri], input, subject) as usize] += 1;
                 }
+                busy = busy || truth == Truth::True || (!maps[ri].is_empty() && maps[ri].contains_key(subject));
+            }
+            if busy {
+                active.push((subject.clone(), all_truths.len()));
+                all_truths.extend_from_slice(&truths);
+            }
+        }
+        // Pass 2, in subject order (so output and incident ids are stable): step the busy ones.
+        drop(seen);
+        active.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+
+        for (subject, at) in &active {
+            let at = *at;
+            let truths = &all_truths[at..at + n_rules];
+            for (slot, v) in input.slots.iter().zip(values.iter_mut()) {
+                *v = slot.get(subject).filter(|x| !x.is_nan());
+            }
+            started.clear();
+            changed.clear();
+            for (ri, rule) in group.rules.iter().enumerate() {
+                let truth = truths[ri];
                 let map = &mut maps[ri];
                 if truth != Truth::True && map.is_empty() {
                     continue; // inactive stays inactive: the common case, no hashing

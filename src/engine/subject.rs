@@ -1,16 +1,68 @@
 //! Subjects: the thing a rule instance and an incident are about, identified by label values
 //! (`{service="checkout"}`).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
-/// A label set identifying one subject. Cheap to clone; compares and hashes by its canonical
-/// key `{a="x",b="y"}` (labels sorted by name, values escaped as in PromQL).
+/// A label set identifying one subject. Cheap to clone (one pointer); compares by its
+/// canonical key `{a="x",b="y"}` (labels sorted by name, values escaped as in PromQL).
+///
+/// It carries the hash of that key, computed once when the subject is built with a key chosen
+/// at random per process (SipHash, as std's `HashMap` does, so crafted label values cannot
+/// force collisions). Maps keyed by subject ([`SubjectMap`], [`SubjectSet`]) use that hash as
+/// is: a lookup hashes nothing and, since one source's subjects share their allocation (see
+/// `source::keyed::SubjectInterner`), most comparisons compare a pointer.
 #[derive(Clone)]
-pub struct Subject {
-    key: Arc<str>,
-    labels: Arc<[(String, String)]>,
+pub struct Subject(Arc<Inner>);
+
+struct Inner {
+    hash: u64,
+    key: Box<str>,
+    labels: Box<[(String, String)]>,
+}
+
+/// The per-process key of subject hashes.
+fn hash_key() -> &'static RandomState {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new)
+}
+
+/// A map keyed by subject that hashes with the subject's own hash.
+pub type SubjectMap<V> = HashMap<Subject, V, BuildSubjectHasher>;
+/// A set of subjects that hashes with their own hash.
+pub type SubjectSet = HashSet<Subject, BuildSubjectHasher>;
+
+/// Builds [`SubjectHasher`]s: for keys that hash as one `u64` (a [`Subject`], or a reference
+/// to one), that `u64` is the hash.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildSubjectHasher;
+
+impl BuildHasher for BuildSubjectHasher {
+    type Hasher = SubjectHasher;
+    fn build_hasher(&self) -> SubjectHasher {
+        SubjectHasher(0)
+    }
+}
+
+/// Passes a subject's precomputed hash through. Anything else written to it is folded in
+/// (FNV-1a): correct, but only subjects are meant to be hashed with it.
+#[derive(Clone, Copy, Debug)]
+pub struct SubjectHasher(u64);
+
+impl Hasher for SubjectHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(29) ^ n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Subject {
@@ -21,27 +73,38 @@ impl Subject {
         labels.dedup_by(|a, b| a.0 == b.0);
         let mut key = String::new();
         write_key(&mut key, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Subject { key: key.into(), labels: labels.into() }
+        let hash = hash_key().hash_one(key.as_str());
+        Subject(Arc::new(Inner { hash, key: key.into(), labels: labels.into() }))
     }
 
     /// The canonical key, e.g. `{service="checkout"}`.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.0.key
     }
 
     /// Label pairs sorted by name.
     pub fn labels(&self) -> &[(String, String)] {
-        &self.labels
+        &self.0.labels
+    }
+
+    /// Whether anything but this handle holds the subject's allocation.
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+
+    /// Whether two subjects are one allocation (then they are equal without reading keys).
+    pub fn same_allocation(&self, other: &Subject) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// One label's value.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Whether this subject has exactly these label names (in any order).
     pub fn has_label_names(&self, names: &[String]) -> bool {
-        self.labels.len() == names.len() && names.iter().all(|n| self.get(n).is_some())
+        self.0.labels.len() == names.len() && names.iter().all(|n| self.get(n).is_some())
     }
 
     /// Parses a canonical key back into a subject (used by storage).
@@ -75,8 +138,7 @@ impl Subject {
 }
 
 /// Appends the canonical key of label pairs (already sorted by name, no duplicate names) to
-/// `out`: `{a="x",b="y"}`, values escaped as in PromQL. Lets a caller look a subject up by key
-/// (see the `Borrow<str>` impl) without building one.
+/// `out`: `{a="x",b="y"}`, values escaped as in PromQL.
 pub fn write_key<'a>(out: &mut String, sorted: impl Iterator<Item = (&'a str, &'a str)>) {
     out.push('{');
     for (i, (k, v)) in sorted.enumerate() {
@@ -98,24 +160,18 @@ pub fn write_key<'a>(out: &mut String, sorted: impl Iterator<Item = (&'a str, &'
     out.push('}');
 }
 
-/// Subjects compare and hash by their key, so a set of subjects can be searched by key.
-impl std::borrow::Borrow<str> for Subject {
-    fn borrow(&self) -> &str {
-        &self.key
-    }
-}
-
-// Subjects from one source share their key allocation (see `source::keyed::SubjectInterner`),
-// so the pointer is compared first: most comparisons then never read the keys.
+// Subjects from one source share their allocation (see `source::keyed::SubjectInterner`), so
+// the pointer is compared first, then the hash: most comparisons never read the keys.
 impl PartialEq for Subject {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.key, &other.key) || self.key == other.key
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.key == other.0.key)
     }
 }
 impl Eq for Subject {}
+/// Equal subjects have equal keys, so equal hashes: the hash is the key's.
 impl Hash for Subject {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.key.hash(state)
+        state.write_u64(self.0.hash)
     }
 }
 impl PartialOrd for Subject {
@@ -125,20 +181,20 @@ impl PartialOrd for Subject {
 }
 impl Ord for Subject {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if Arc::ptr_eq(&self.key, &other.key) {
+        if Arc::ptr_eq(&self.0, &other.0) {
             return std::cmp::Ordering::Equal;
         }
-        self.key.cmp(&other.key)
+        self.0.key.cmp(&other.0.key)
     }
 }
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.key)
+        f.write_str(&self.0.key)
     }
 }
 impl fmt::Debug for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.key)
+        f.write_str(&self.0.key)
     }
 }
 
@@ -156,5 +212,22 @@ mod tests {
         assert_eq!(Subject::parse_key(odd.key()).unwrap().get("service"), Some("a\"b\\c,d=e"));
         assert_eq!(Subject::parse_key(a.key()).unwrap(), a);
         assert_eq!(Subject::parse_key("{}").unwrap().labels().len(), 0);
+    }
+
+    #[test]
+    fn subject_maps_find_equal_subjects_built_apart() {
+        // Two allocations of one label set hash alike (the hash is the key's), so a map built
+        // from one finds the other; a different subject is not found.
+        let mut m: SubjectMap<u32> = SubjectMap::default();
+        for i in 0..1000 {
+            m.insert(Subject::new([("service", format!("svc-{i}")), ("region", "eu".to_string())]), i);
+        }
+        for i in 0..1000 {
+            let again = Subject::new([("region", "eu".to_string()), ("service", format!("svc-{i}"))]);
+            assert_eq!(m.get(&again), Some(&i));
+        }
+        assert_eq!(m.get(&Subject::new([("service", "svc-1")])), None, "a different label set");
+        let a = Subject::new([("service", "x")]);
+        assert!(a.same_allocation(&a.clone()) && !a.same_allocation(&Subject::new([("service", "x")])));
     }
 }

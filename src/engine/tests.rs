@@ -43,12 +43,12 @@ fn input(set: &RuleSet, sli: Option<f64>, affected: Option<f64>) -> GroupInput {
     let mut inp = GroupInput::new(g);
     let subj = Subject::new([("service", "checkout")]);
     let series = |v: Option<f64>| match v {
-        Some(v) => SlotValues::Series(HashMap::from([(subj.clone(), v)])),
+        Some(v) => SlotValues::Series(std::sync::Arc::new(SubjectMap::from_iter([(subj.clone(), v)]))),
         None => SlotValues::Unavailable("down".into()),
     };
     inp.slots[g.slot("sli").unwrap()] = series(sli);
     inp.slots[g.slot("affected_ratio").unwrap()] = series(affected);
-    inp.slots[g.slot("security").unwrap()] = SlotValues::Series(HashMap::new());
+    inp.slots[g.slot("security").unwrap()] = SlotValues::Series(std::sync::Arc::new(SubjectMap::default()));
     inp
 }
 
@@ -116,7 +116,7 @@ fn security_signal_engages_legal_and_holds() {
     let mut st = State::default();
     let subj = Subject::new([("service", "checkout")]);
     let mut inp = input(&set, Some(1.0), Some(0.0));
-    inp.slots[g.slot("security").unwrap()] = SlotValues::Series(HashMap::from([(subj.clone(), 1.0)]));
+    inp.slots[g.slot("security").unwrap()] = SlotValues::Series(std::sync::Arc::new(SubjectMap::from_iter([(subj.clone(), 1.0)])));
     let out = engine.evaluate_group(g, &inp, &mut st, 0);
     assert_eq!(out.incidents.len(), 1);
     assert_eq!(out.incidents[0].kind, ChangeKind::Opened);
@@ -163,9 +163,9 @@ fn evaluation_is_deterministic() {
         let mut all = Vec::new();
         for t in 0..30 {
             let mut inp = GroupInput::new(g);
-            let m: HashMap<Subject, f64> = (0..50).map(|i| (Subject::new([("service", format!("s{i}"))]), if (t + i) % 7 < 4 { 0.9 } else { 1.0 })).collect();
-            inp.slots[g.slot("sli").unwrap()] = SlotValues::Series(m.clone());
-            inp.slots[g.slot("affected_ratio").unwrap()] = SlotValues::Series(m.into_iter().map(|(k, v)| (k, 1.0 - v)).collect());
+            let m: SubjectMap<f64> = (0..50).map(|i| (Subject::new([("service", format!("s{i}"))]), if (t + i) % 7 < 4 { 0.9 } else { 1.0 })).collect();
+            inp.slots[g.slot("sli").unwrap()] = SlotValues::Series(std::sync::Arc::new(m.clone()));
+            inp.slots[g.slot("affected_ratio").unwrap()] = SlotValues::Series(std::sync::Arc::new(m.into_iter().map(|(k, v)| (k, 1.0 - v)).collect()));
             all.push(engine.evaluate_group(g, &inp, &mut st, t * MIN));
         }
         (all, st)
@@ -328,8 +328,8 @@ fn unknown_is_counted_by_reason() {
     let b = Subject::new([("service", "b")]);
     let c = Subject::new([("service", "c")]);
     let mut inp = GroupInput::new(g);
-    inp.slots[g.slot("sli").unwrap()] = SlotValues::Series(HashMap::from([(a.clone(), 0.5), (b.clone(), f64::NAN)]));
-    inp.slots[g.slot("affected_ratio").unwrap()] = SlotValues::Series(HashMap::from([(a.clone(), 0.5), (c.clone(), 0.5)]));
+    inp.slots[g.slot("sli").unwrap()] = SlotValues::Series(std::sync::Arc::new(SubjectMap::from_iter([(a.clone(), 0.5), (b.clone(), f64::NAN)])));
+    inp.slots[g.slot("affected_ratio").unwrap()] = SlotValues::Series(std::sync::Arc::new(SubjectMap::from_iter([(a.clone(), 0.5), (c.clone(), 0.5)])));
     inp.slots[g.slot("security").unwrap()] = SlotValues::Unavailable("timeout".into());
     let out = engine.evaluate_group(g, &inp, &mut st, 0);
     let activate = g.rules.iter().position(|r| r.name == "Activate").unwrap();
@@ -419,12 +419,12 @@ fn a_pushed_signal_evaluates_its_subjects_and_reads_otherwise_for_the_rest() {
     let b = Subject::new([("service", "b")]);
     let mut inp = GroupInput::new(g);
     assert!(matches!(&inp.slots[g.slot("burn_rate").unwrap()], SlotValues::Unavailable(_)), "nothing pushed yet: unknown");
-    inp.slots[g.slot("sli").unwrap()] = SlotValues::Series(HashMap::from([(b.clone(), 0.99)]));
+    inp.slots[g.slot("sli").unwrap()] = SlotValues::Series(std::sync::Arc::new(SubjectMap::from_iter([(b.clone(), 0.99)])));
     let out = engine.evaluate_group(g, &inp, &mut st, 0);
     assert_eq!((out.subjects, out.unknown), (1, 1), "b is unknown while the source is unavailable");
     assert_eq!(out.unknown_by_rule[0][UnknownReason::QueryFailed as usize], 1);
 
-    inp.slots[g.slot("burn_rate").unwrap()] = SlotValues::SeriesOr { values: HashMap::from([(a.clone(), 14.4)]), otherwise: 0.0 };
+    inp.slots[g.slot("burn_rate").unwrap()] = SlotValues::SeriesOr { values: SubjectMap::from_iter([(a.clone(), 14.4)]), otherwise: 0.0 };
     let out = engine.evaluate_group(g, &inp, &mut st, MIN);
     assert_eq!(out.subjects, 2, "a subject with a firing alert is a subject of the group");
     assert_eq!(out.unknown, 0, "b has no alert: 0, known");
@@ -434,7 +434,39 @@ fn a_pushed_signal_evaluates_its_subjects_and_reads_otherwise_for_the_rest() {
     assert_eq!(ex.signals[0].value, Some(0.0));
     assert_eq!(ex.signals[0].why, None);
 
-    inp.slots[g.slot("burn_rate").unwrap()] = SlotValues::SeriesOr { values: HashMap::new(), otherwise: 0.0 };
+    inp.slots[g.slot("burn_rate").unwrap()] = SlotValues::SeriesOr { values: SubjectMap::default(), otherwise: 0.0 };
     engine.evaluate_group(g, &inp, &mut st, 2 * MIN);
     assert!(st.firing().is_empty(), "resolved: back to 0");
+}
+
+/// Subjects are decided in any order (a map's), but everything that changes state or comes
+/// out happens in subject order: incident ids follow the subjects' sort order and the output
+/// lists are sorted, whatever the hash order of the run; and subjects with nothing to do
+/// leave no trace.
+#[test]
+fn many_subjects_open_incidents_in_subject_order() {
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let mut st = State::default();
+    let subjects: Vec<Subject> = (0..300).map(|i| Subject::new([("service", format!("svc-{i:03}"))])).collect();
+    // Every third subject breaches; the rest are healthy.
+    let breaching = |i: usize| i.is_multiple_of(3);
+    let mut inp = GroupInput::new(g);
+    inp.slots[g.slot("sli").unwrap()] =
+        SlotValues::Series(std::sync::Arc::new(subjects.iter().enumerate().map(|(i, s)| (s.clone(), if breaching(i) { 0.9 } else { 0.9999 })).collect()));
+    inp.slots[g.slot("affected_ratio").unwrap()] = SlotValues::Series(std::sync::Arc::new(subjects.iter().map(|s| (s.clone(), 0.2)).collect()));
+    inp.slots[g.slot("security").unwrap()] = SlotValues::Series(std::sync::Arc::new(SubjectMap::default()));
+    let mut opened = Vec::new();
+    for t in 0..3 {
+        let out = engine.evaluate_group(g, &inp, &mut st, t * MIN);
+        assert_eq!(out.subjects, 300);
+        let order: Vec<&Subject> = out.transitions.iter().map(|x| &x.subject).collect();
+        assert!(order.windows(2).all(|w| w[0] <= w[1]), "transitions in subject order");
+        assert!(out.transitions.iter().all(|x| breaching(subjects.iter().position(|s| *s == x.subject).unwrap())), "healthy subjects leave no trace");
+        opened.extend(out.incidents.into_iter().filter(|c| c.kind == ChangeKind::Opened).map(|c| (c.incident.subject.clone(), c.incident.id)));
+    }
+    let expected: Vec<(Subject, String)> =
+        subjects.iter().enumerate().filter(|(i, _)| breaching(*i)).enumerate().map(|(n, (_, s))| (s.clone(), format!("INC-{}", n + 1))).collect();
+    assert_eq!(opened, expected, "ids are handed out in subject order, once `for` is met");
 }

@@ -342,7 +342,7 @@ mod tests {
         assert_eq!(out[0].value, Some(14.4));
         assert!(out[1].reason.as_deref().unwrap().contains("\"lots\", not a finite number"), "{out:?}");
         let SlotValues::SeriesOr { values, otherwise } = slot(&core) else { panic!("{:?}", slot(&core)) };
-        assert_eq!(values, std::collections::HashMap::from([(checkout.clone(), 14.4)]), "the bad value set nothing");
+        assert_eq!(values, crate::engine::SubjectMap::from_iter([(checkout.clone(), 14.4)]), "the bad value set nothing");
         assert_eq!(otherwise, 0.0, "every other subject: no alert, 0");
         assert_eq!(SlotValues::SeriesOr { values, otherwise }.get(&search), Some(0.0));
 

@@ -10,7 +10,9 @@
 //! It must not evaluate anything or decide what a value means: [`super::Run`] walks the chunks
 //! in order and owns every piece of state.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use crate::engine::SubjectSet;
+use crate::engine::SubjectMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
@@ -52,7 +54,7 @@ struct DenseSeries {
 impl Dense {
     /// Lays `columns` out as `n` steps from `first`; each series' subject is taken from
     /// `subjects` when it is there (so every chunk shares the subjects the state holds).
-    pub(super) fn new(columns: Vec<RangeColumn>, subject_labels: &[String], first: Ts, step: i64, n: usize, subjects: &mut HashSet<Subject>) -> Dense {
+    pub(super) fn new(columns: Vec<RangeColumn>, subject_labels: &[String], first: Ts, step: i64, n: usize, subjects: &mut SubjectSet) -> Dense {
         let series = columns
             .into_iter()
             .map(|c| {
@@ -97,14 +99,14 @@ impl Dense {
 
     /// The values at step `i`, keyed by subject; two series for one subject is the same error
     /// the daemon's instant query gets.
-    pub(super) fn at(&self, i: usize, subject_labels: &[String]) -> Result<HashMap<Subject, f64>, SourceError> {
-        let mut m = HashMap::with_capacity(self.series.len());
+    pub(super) fn at(&self, i: usize, subject_labels: &[String]) -> Result<SubjectMap<f64>, SourceError> {
+        let mut m = SubjectMap::with_capacity_and_hasher(self.series.len(), Default::default());
         self.fill(i, subject_labels, &mut m)?;
         Ok(m)
     }
 
     /// [`Dense::at`] into `m` (emptied first, its allocation kept).
-    pub(super) fn fill(&self, i: usize, subject_labels: &[String], m: &mut HashMap<Subject, f64>) -> Result<(), SourceError> {
+    pub(super) fn fill(&self, i: usize, subject_labels: &[String], m: &mut SubjectMap<f64>) -> Result<(), SourceError> {
         m.clear();
         for (k, s) in self.series.iter().enumerate() {
             let v = s.values[i];
@@ -148,7 +150,7 @@ pub(super) enum TicketView {
 impl TicketView {
     /// The counts of day `k` (0 = now, 1..=7 the baseline's days) for the evaluation at `t`:
     /// what the daemon's instant query at `t − k days` returns.
-    pub(super) fn day(&self, k: i64, t: Ts, subject_labels: &[String]) -> Result<HashMap<Subject, f64>, SourceError> {
+    pub(super) fn day(&self, k: i64, t: Ts, subject_labels: &[String]) -> Result<SubjectMap<f64>, SourceError> {
         let at = t - k * DAY_MS;
         let found = match self {
             TicketView::Days(days) => days.get(k as usize).and_then(|d| d.index(at).map(|i| (d, i))),
@@ -246,7 +248,7 @@ pub(super) struct Fetcher<'a, S> {
     /// A history larger than this many points is not held (tests lower it).
     pub(super) history_points: i64,
     /// Every subject seen, shared by all chunks.
-    subjects: HashSet<Subject>,
+    subjects: SubjectSet,
 }
 
 /// A range query with the replay's retries: the columns, or the last error; and the attempts.
@@ -275,7 +277,7 @@ impl<'a, S: MetricsSource> Fetcher<'a, S> {
         let min_iv = ivs.iter().copied().min().unwrap_or(60_000);
         let max_points = opts.max_points.clamp(1, MAX_POINTS_PER_SERIES);
         let start = next.iter().copied().min().unwrap_or(opts.from);
-        Fetcher { config, source, opts, ivs, min_iv, max_points, next, steps: FIRST_CHUNK_STEPS.min(max_points), start, histories: HashMap::new(), history_points: HISTORY_POINTS, subjects: HashSet::new() }
+        Fetcher { config, source, opts, ivs, min_iv, max_points, next, steps: FIRST_CHUNK_STEPS.min(max_points), start, histories: HashMap::new(), history_points: HISTORY_POINTS, subjects: SubjectSet::default() }
     }
 
     /// The next chunk, fetched; `None` after the last.

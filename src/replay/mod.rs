@@ -30,6 +30,7 @@ mod tests;
 pub mod notifications;
 pub mod report;
 
+use crate::engine::SubjectMap;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -175,36 +176,39 @@ pub fn parse_time(s: &str, now: Ts) -> Result<Ts, String> {
     })
 }
 
-type SubjectValues = HashMap<Subject, f64>;
+type SubjectValues = SubjectMap<f64>;
 
 /// `tickets` and `tickets_baseline` at `t` from a chunk's ticket history: the count at `t` and,
 /// per subject, the median of its counts at the same time on the 7 previous days, as the
 /// daemon's `prometheus` ticket source computes them from its 8 instant queries.
 fn ticket_counts(view: &TicketView, t: Ts, labels: &[String]) -> Result<(SubjectValues, SubjectValues), SourceError> {
     let now = view.day(0, t, labels)?;
-    let mut per_day: HashMap<Subject, Vec<f64>> = HashMap::new();
+    let mut per_day: SubjectMap<Vec<f64>> = SubjectMap::default();
     for k in 1..=BASELINE_DAYS {
         for (s, v) in view.day(k, t, labels)? {
             per_day.entry(s).or_default().push(v);
         }
     }
-    let baseline: HashMap<Subject, f64> = per_day.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
+    let baseline: SubjectMap<f64> = per_day.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
     Ok((now, baseline))
 }
 
 /// The map of a slot that is to hold per-subject values (emptied when it was something else).
-fn series_slot(slot: &mut SlotValues) -> &mut HashMap<Subject, f64> {
+fn series_slot(slot: &mut SlotValues) -> &mut SubjectMap<f64> {
     if !matches!(slot, SlotValues::Series(_)) {
-        *slot = SlotValues::Series(HashMap::new());
+        *slot = SlotValues::Series(std::sync::Arc::new(SubjectMap::default()));
     }
     match slot {
-        SlotValues::Series(m) => m,
+        SlotValues::Series(m) => std::sync::Arc::make_mut(m),
         _ => unreachable!("set above"),
     }
 }
 
 /// Ticket counts as of a poll: (polled at, tickets, baseline).
-type TicketSnapshot = (Ts, HashMap<Subject, f64>, HashMap<Subject, f64>);
+type TicketSnapshot = (Ts, SubjectMap<f64>, SubjectMap<f64>);
+
+/// An `every:` signal's values as of its last query: (fetched at, values).
+type Held = (Ts, std::sync::Arc<SubjectMap<f64>>);
 
 /// Everything carried across chunks.
 struct Run<'a> {
@@ -214,7 +218,7 @@ struct Run<'a> {
     emulator: notifications::Emulator<'a>,
     out: Outcome,
     /// `every:` signals: (group, slot) → (fetched at, values).
-    holds: HashMap<(usize, usize), (Ts, HashMap<Subject, f64>)>,
+    holds: HashMap<(usize, usize), Held>,
     /// Ticket counts: (source, subject labels) → (fetched at, tickets, baseline).
     ticket_cache: Vec<((String, Vec<String>), TicketSnapshot)>,
     /// Each group's input, reused from step to step.
@@ -383,7 +387,7 @@ impl Run<'_> {
                 SignalSource::Query(_) => {
                     if let (Some(every), Some((at, values))) = (s.every, self.holds.get(&(gi, s.slot))) {
                         if t - at < every.as_millis() as Ts {
-                            series_slot(&mut input.slots[s.slot]).clone_from(values);
+                            input.slots[s.slot] = SlotValues::Series(values.clone());
                             self.filled[gi][s.slot] = None;
                             continue;
                         }
@@ -473,8 +477,8 @@ impl Run<'_> {
                     Some(i) => self.ticket_cache[i].1 = snapshot,
                     None => self.ticket_cache.push(((source.to_string(), labels.to_vec()), snapshot)),
                 }
-                slots[count] = SlotValues::Series(c);
-                slots[baseline] = SlotValues::Series(b);
+                slots[count] = SlotValues::Series(std::sync::Arc::new(c));
+                slots[baseline] = SlotValues::Series(std::sync::Arc::new(b));
             }
             Err(e) => unavailable(e.to_string()),
         }

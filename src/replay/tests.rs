@@ -3,7 +3,7 @@
 //! equals the live ticket source's, chunk after chunk, across a failed query and day by day;
 //! and chunks fetched concurrently and ahead of the walk give the same replay as one chunk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,7 +107,7 @@ fn config(interval: &str) -> Config {
     crate::config::load_config(&dir.path().join("herald.yaml"), &|_| None).unwrap().0
 }
 
-fn same(a: &HashMap<Subject, f64>, b: &HashMap<Subject, f64>) -> bool {
+fn same(a: &SubjectMap<f64>, b: &SubjectMap<f64>) -> bool {
     a.len() == b.len() && a.iter().all(|(s, x)| b.get(s).is_some_and(|y| x == y || (x.is_nan() && y.is_nan())))
 }
 
@@ -137,7 +137,7 @@ async fn check_against_live(source: Arc<Synthetic>, interval: &str, opts: &Optio
         let mut t = g.first;
         while t <= chunk.end {
             let live = TicketSourceClient::new(&config.ticket_sources[0], Some(source.clone())).unwrap();
-            let want = live.counts(&[], &labels, t).await.unwrap();
+            let want = live.counts(&[], &labels, t, &mut Default::default()).await.unwrap();
             let (tickets, baseline) = ticket_counts(view, t, &labels).unwrap();
             assert!(same(&tickets, &want.tickets), "tickets at {t}: {tickets:?} vs {:?}", want.tickets);
             assert!(same(&baseline, &want.baseline), "baseline at {t}: {baseline:?} vs {:?}", want.baseline);

@@ -12,59 +12,127 @@
 //! It must not decide what a value means (NaN and ±Inf pass through) or do I/O.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{key_by_subject, Sample, SourceError};
-use crate::engine::subject::write_key;
-use crate::engine::Subject;
+use crate::engine::{Subject, SubjectMap};
 
-/// Reuses subjects across evaluations: a series' subject is looked up by its canonical key
-/// (built in a reused buffer) instead of allocated anew. It remembers the subjects of the
-/// current and the previous generation (call [`SubjectInterner::next_generation`] once per
-/// evaluation), so a subject that disappears is forgotten after one evaluation.
+/// Reuses subjects across evaluations: a series' subject is looked up by its label values
+/// (encoded in a reused buffer) instead of allocated anew. Call
+/// [`SubjectInterner::next_generation`] once per evaluation: a subject that was not looked up
+/// in the last one and that nothing else holds (no answer, instance, incident) is forgotten.
+///
+/// Answers to the same query list their series in the same order from one evaluation to the
+/// next (Prometheus orders them by series), so between [`SubjectInterner::begin_answer`] and
+/// [`SubjectInterner::end_answer`] the subject at each position is first compared with the
+/// one at that position last time: a match costs no hashing and no lookup.
+///
+/// One interner serves one list of subject label names (a group's); called with another list,
+/// it starts over.
 #[derive(Debug, Default)]
 pub struct SubjectInterner {
-    current: HashSet<Subject>,
-    previous: HashSet<Subject>,
-    key: String,
-    order: Vec<usize>,
+    names: Vec<String>,
+    /// For each of `names`, the index of that label in a subject's (sorted) labels.
+    sorted_index: Vec<usize>,
+    /// Subjects by lookup key, each with the generation that last looked it up.
+    subjects: HashMap<Box<[u8]>, (Subject, u32)>,
+    generation: u32,
+    /// The lookup key being built: each value's length (4 bytes) then its bytes, in `names` order.
+    key: Vec<u8>,
+    /// Per query: the subjects of its last answer, in order.
+    last_order: HashMap<String, Vec<Subject>>,
+    /// The answer being parsed: its query, the last answer's order, this answer's so far.
+    answer: Option<(String, Vec<Subject>, Vec<Subject>)>,
 }
 
 impl SubjectInterner {
-    /// Starts a new generation: subjects not looked up since the previous call are dropped at
-    /// the next one.
+    /// Starts a new generation; see the type's documentation for what is forgotten.
     pub fn next_generation(&mut self) {
-        std::mem::swap(&mut self.current, &mut self.previous);
-        self.current.clear();
+        self.generation = self.generation.wrapping_add(1);
+        let keep = self.generation.wrapping_sub(1);
+        self.subjects.retain(|_, (s, g)| *g == keep || s.is_shared());
+    }
+
+    /// The answer to `query` is about to be parsed: positions are compared with its last one.
+    pub fn begin_answer(&mut self, query: &str) {
+        let last = self.last_order.remove(query).unwrap_or_default();
+        let capacity = last.len();
+        self.answer = Some((query.to_string(), last, Vec::with_capacity(capacity)));
+    }
+
+    /// How many series the query's last answer had (a capacity hint).
+    pub fn expected_len(&self) -> usize {
+        self.answer.as_ref().map_or(0, |(_, last, _)| last.len())
+    }
+
+    /// The answer is parsed again from its first series.
+    pub fn restart_answer(&mut self) {
+        if let Some((_, _, order)) = &mut self.answer {
+            order.clear();
+        }
+    }
+
+    /// The answer is parsed (or failed): its order is kept for the query's next answer.
+    pub fn end_answer(&mut self) {
+        if let Some((query, _, order)) = self.answer.take() {
+            self.last_order.insert(query, order);
+        }
     }
 
     /// The subject with these label values (`values[i]` for `names[i]`; `None` is an empty
     /// value, as PromQL treats a missing label).
     pub fn intern(&mut self, names: &[String], values: &[Option<Cow<'_, str>>]) -> Subject {
-        let value = |i: usize| values[i].as_deref().unwrap_or("");
-        self.order.clear();
-        self.order.extend(0..names.len());
-        self.order.sort_by(|a, b| names[*a].cmp(&names[*b]));
-        self.key.clear();
-        write_key(&mut self.key, self.order.iter().map(|&i| (names[i].as_str(), value(i))));
-        if let Some(s) = self.current.get(self.key.as_str()) {
-            return s.clone();
+        if self.names != names {
+            let mut sorted: Vec<usize> = (0..names.len()).collect();
+            sorted.sort_by(|a, b| names[*a].cmp(&names[*b]));
+            let mut sorted_index = vec![0; names.len()];
+            for (pos, i) in sorted.into_iter().enumerate() {
+                sorted_index[i] = pos;
+            }
+            *self = SubjectInterner { names: names.to_vec(), sorted_index, generation: self.generation, ..SubjectInterner::default() };
         }
-        let s = match self.previous.take(self.key.as_str()) {
-            Some(s) => s,
-            None => Subject::new(names.iter().enumerate().map(|(i, n)| (n.as_str(), value(i)))),
+        let value = |i: usize| values[i].as_deref().unwrap_or("");
+        if let Some((_, last, order)) = &mut self.answer {
+            if let Some(s) = last.get(order.len()) {
+                // Every subject here has exactly `names` (sorted): compare values in place.
+                let labels = s.labels();
+                if labels.len() == names.len() && self.sorted_index.iter().enumerate().all(|(i, &at)| labels[at].1 == value(i)) {
+                    let s = s.clone();
+                    order.push(s.clone());
+                    return s;
+                }
+            }
+        }
+        self.key.clear();
+        for i in 0..names.len() {
+            let v = value(i);
+            self.key.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            self.key.extend_from_slice(v.as_bytes());
+        }
+        let s = match self.subjects.get_mut(self.key.as_slice()) {
+            Some((s, g)) => {
+                *g = self.generation;
+                s.clone()
+            }
+            None => {
+                let s = Subject::new(names.iter().enumerate().map(|(i, n)| (n.as_str(), value(i))));
+                self.subjects.insert(self.key.as_slice().into(), (s.clone(), self.generation));
+                s
+            }
         };
-        self.current.insert(s.clone());
+        if let Some((_, _, order)) = &mut self.answer {
+            order.push(s.clone());
+        }
         s
     }
 
-    /// How many subjects it holds (both generations).
+    /// How many subjects it holds.
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.subjects.len()
     }
 
     /// Whether it holds no subject.
@@ -78,7 +146,7 @@ impl SubjectInterner {
 #[derive(Debug, PartialEq)]
 pub enum Answer {
     /// A vector keyed by subject, or a scalar (one subject with empty label values).
-    Values(HashMap<Subject, f64>),
+    Values(SubjectMap<f64>),
     /// `"status": "error"`: whether `errorType` was `timeout`, and the `error` message.
     Failed { timeout: bool, message: String },
     /// A result type other than vector or scalar (`matrix`, `string`).
@@ -92,9 +160,12 @@ pub enum Answer {
 /// Parses an instant-query answer (`/api/v1/query`) into values keyed by `subject_labels`.
 /// `Err` is a body that is not the API's JSON.
 pub fn parse_instant(body: &[u8], subject_labels: &[String], interner: &mut SubjectInterner) -> Result<Answer, serde_json::Error> {
+    // One UTF-8 check for the whole body, not one per string (`from_str` trusts its input).
+    let body = std::str::from_utf8(body).map_err(|e| de::Error::custom(format!("the answer is not UTF-8: {e}")))?;
     let mut hint = None;
     loop {
-        let mut de = serde_json::Deserializer::from_slice(body);
+        interner.restart_answer();
+        let mut de = serde_json::Deserializer::from_str(body);
         let top = Top { names: subject_labels, interner: &mut *interner, hint: hint.as_deref() }.deserialize(&mut de)?;
         de.end()?;
         return Ok(match top {
@@ -106,7 +177,7 @@ pub fn parse_instant(body: &[u8], subject_labels: &[String], interner: &mut Subj
             }
             TopOut::Data(DataOut::Values { values, duplicate: false, not_float: false }) => Answer::Values(values),
             TopOut::Data(DataOut::Values { not_float: true, .. }) => Answer::NotFloat,
-            TopOut::Data(DataOut::Values { duplicate: true, .. }) => match key_by_subject(&full_samples(body)?, subject_labels) {
+            TopOut::Data(DataOut::Values { duplicate: true, .. }) => match key_by_subject(&full_samples(body.as_bytes())?, subject_labels) {
                 Ok(values) => Answer::Values(values),
                 Err(e) => Answer::Error(e),
             },
@@ -172,7 +243,7 @@ enum TopOut {
 
 enum DataOut {
     Missing,
-    Values { values: HashMap<Subject, f64>, duplicate: bool, not_float: bool },
+    Values { values: SubjectMap<f64>, duplicate: bool, not_float: bool },
     Type(String),
     /// `result` before `resultType` (the type, when it came).
     Unordered(String),
@@ -257,7 +328,7 @@ impl<'de> Visitor<'de> for Data<'_> {
                     Some("scalar") => {
                         let (_, v): (f64, CowStr<'_>) = map.next_value()?;
                         let subject = interner.intern(names, &vec![None; names.len()]);
-                        out = DataOut::Values { values: HashMap::from([(subject, parse_value(&v.0)?)]), duplicate: false, not_float: false };
+                        out = DataOut::Values { values: SubjectMap::from_iter([(subject, parse_value(&v.0)?)]), duplicate: false, not_float: false };
                     }
                     Some(other) => {
                         map.next_value::<IgnoredAny>()?;
@@ -300,7 +371,8 @@ impl<'de> Visitor<'de> for Vector<'_> {
         f.write_str("a list of series")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<DataOut, A::Error> {
-        let mut values = HashMap::with_capacity(seq.size_hint().unwrap_or(0));
+        let capacity = seq.size_hint().unwrap_or(0).max(self.interner.expected_len());
+        let mut values = SubjectMap::with_capacity_and_hasher(capacity, Default::default());
         let (mut duplicate, mut not_float) = (false, false);
         let mut labels: Vec<Option<Cow<'de, str>>> = vec![None; self.names.len()];
         loop {
@@ -396,7 +468,7 @@ mod tests {
         parse_instant(body.as_bytes(), &labels(), &mut SubjectInterner::default()).expect("JSON")
     }
 
-    fn values(a: Answer) -> HashMap<Subject, f64> {
+    fn values(a: Answer) -> SubjectMap<f64> {
         match a {
             Answer::Values(v) => v,
             other => panic!("expected values, got {other:?}"),
@@ -453,6 +525,8 @@ mod tests {
         let histogram = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"service":"a"},"histogram":[1,{"count":"3","sum":"1.5"}]}]}}"#;
         assert_eq!(parse(histogram), Answer::NotFloat);
         assert!(parse_instant(b"<html>", &labels(), &mut SubjectInterner::default()).is_err());
+        let not_utf8 = b"{\"status\":\"success\",\"data\":{\"resultType\":\"vector\",\"result\":[{\"metric\":{\"service\":\"\xff\"},\"value\":[1,\"1\"]}]}}";
+        assert!(parse_instant(not_utf8, &labels(), &mut SubjectInterner::default()).is_err(), "a body that is not UTF-8 is refused");
         let garbage = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"one"]}]}}"#;
         assert!(parse_instant(garbage.as_bytes(), &labels(), &mut SubjectInterner::default()).is_err());
         assert!(parse_instant(br#"{"status":"success"}"#, &labels(), &mut SubjectInterner::default()).is_err());
@@ -478,18 +552,74 @@ mod tests {
     }
 
     #[test]
+    fn the_interner_keys_on_every_value_without_ambiguity() {
+        // Values that would run together if they were only concatenated stay apart, and a
+        // missing label is the empty value, as in PromQL.
+        let names = vec!["a".to_string(), "b".to_string()];
+        let mut interner = SubjectInterner::default();
+        let x = interner.intern(&names, &[Some("ab".into()), Some("c".into())]);
+        let y = interner.intern(&names, &[Some("a".into()), Some("bc".into())]);
+        let z = interner.intern(&names, &[None, Some("".into())]);
+        assert_ne!(x, y);
+        assert_eq!(x, Subject::new([("a", "ab"), ("b", "c")]));
+        assert_eq!(y, Subject::new([("a", "a"), ("b", "bc")]));
+        assert_eq!(z, Subject::new([("a", ""), ("b", "")]));
+        assert!(interner.intern(&names, &[Some("".into()), None]).same_allocation(&z));
+        // Another list of names starts over rather than mixing subjects up.
+        let other = vec!["b".to_string(), "a".to_string()];
+        let w = interner.intern(&other, &[Some("ab".into()), Some("c".into())]);
+        assert_eq!(w, Subject::new([("b", "ab"), ("a", "c")]));
+        assert_eq!(interner.len(), 1);
+    }
+
+    #[test]
     fn the_interner_reuses_subjects_and_forgets_the_ones_that_disappear() {
         let mut interner = SubjectInterner::default();
         let names = labels();
         let a1 = interner.intern(&names, &[Some("a".into())]);
         interner.next_generation();
         let a2 = interner.intern(&names, &[Some("a".into())]);
-        assert!(std::ptr::eq(a1.key(), a2.key()), "the same allocation is reused");
-        let _b = interner.intern(&names, &[Some("b".into())]);
+        assert!(a1.same_allocation(&a2), "the same allocation is reused");
+        drop((a1, a2));
+        let b = interner.intern(&names, &[Some("b".into())]);
         assert_eq!(interner.len(), 2);
         interner.next_generation();
         interner.intern(&names, &[Some("b".into())]);
         interner.next_generation();
-        assert_eq!(interner.len(), 1, "a was not seen for a whole generation");
+        assert_eq!(interner.len(), 1, "a was not seen for a whole generation and nothing holds it");
+        interner.next_generation();
+        interner.next_generation();
+        assert_eq!(interner.len(), 1, "b is still held (by an instance, say): it stays one allocation");
+        assert!(interner.intern(&names, &[Some("b".into())]).same_allocation(&b));
+    }
+
+    #[test]
+    fn answers_in_the_same_order_reuse_positions_and_any_order_gives_the_same_subjects() {
+        let names = labels();
+        let body = |order: &[&str]| {
+            let series: Vec<String> = order.iter().map(|s| format!(r#"{{"metric":{{"service":"{s}"}},"value":[1,"1"]}}"#)).collect();
+            format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, series.join(","))
+        };
+        let mut interner = SubjectInterner::default();
+        let parse = |interner: &mut SubjectInterner, b: &str| {
+            interner.begin_answer("q");
+            let r = parse_instant(b.as_bytes(), &names, interner);
+            interner.end_answer();
+            values(r.expect("JSON"))
+        };
+        let first = parse(&mut interner, &body(&["a", "b", "c"]));
+        // Same order, a reordered answer, one with a series gone and one new: always the
+        // subjects of the labels, and the same allocations for the ones seen before.
+        for order in [&["a", "b", "c"][..], &["c", "a", "b"], &["a", "c"], &["d", "a", "b", "c"]] {
+            interner.next_generation();
+            let got = parse(&mut interner, &body(order));
+            assert_eq!(got.len(), order.len());
+            for s in order {
+                let (subject, _) = got.get_key_value(&Subject::new([("service", *s)])).expect("present");
+                if let Some((seen, _)) = first.get_key_value(subject) {
+                    assert!(seen.same_allocation(subject), "{s} reused");
+                }
+            }
+        }
     }
 }

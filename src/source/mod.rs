@@ -11,10 +11,10 @@
 //!   ticket source (Prometheus, Zendesk or any JSON endpoint), with its cache, 429 back-off and
 //!   7-day median. It never decides what a count means.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 
-use crate::engine::{Subject, Ts};
+use crate::engine::{Subject, SubjectMap, Ts};
 
 pub mod keyed;
 pub mod matrix;
@@ -143,26 +143,27 @@ pub trait MetricsSource: Send + Sync {
         at: Ts,
         subject_labels: &[String],
         interner: &mut SubjectInterner,
-    ) -> impl Future<Output = Result<HashMap<Subject, f64>, SourceError>> + Send {
+    ) -> impl Future<Output = Result<SubjectMap<f64>, SourceError>> + Send {
         let _ = interner;
         async move { key_by_subject(&self.instant(query, at).await?, subject_labels) }
     }
 }
 
-/// Ticket counts for a set of subjects at one time.
+/// Ticket counts for a set of subjects at one time (shared: a cached poll is not copied).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TicketCounts {
     /// Tickets in the window ending now.
-    pub tickets: HashMap<Subject, f64>,
+    pub tickets: std::sync::Arc<SubjectMap<f64>>,
     /// Median of the same window at the same time of day over the previous 7 days.
-    pub baseline: HashMap<Subject, f64>,
+    pub baseline: std::sync::Arc<SubjectMap<f64>>,
 }
 
 /// Something that counts support tickets per subject.
 pub trait TicketCounter: Send + Sync {
     /// Counts for `subjects` (the ones the group knows from its other signals and incidents)
-    /// at `at`. Implementations cache and rate-limit as configured.
-    fn counts(&self, subjects: &[Subject], subject_labels: &[String], at: Ts) -> impl Future<Output = Result<TicketCounts, SourceError>> + Send;
+    /// at `at`. Implementations cache and rate-limit as configured. Subjects parsed from a query answer come from `interner` (the group's), so they are the
+    /// very allocations of the group's other signals.
+    fn counts(&self, subjects: &[Subject], subject_labels: &[String], at: Ts, interner: &mut SubjectInterner) -> impl Future<Output = Result<TicketCounts, SourceError>> + Send;
 }
 
 pub(crate) fn show_labels(l: &BTreeMap<String, String>) -> String {
@@ -172,9 +173,9 @@ pub(crate) fn show_labels(l: &BTreeMap<String, String>) -> String {
 
 /// Keys an instant-query result by subject labels. A series without one of the labels gets
 /// an empty value for it (as in PromQL). Two series for one subject are an error naming both.
-pub fn key_by_subject(samples: &[Sample], subject_labels: &[String]) -> Result<HashMap<Subject, f64>, SourceError> {
-    let mut out: HashMap<Subject, f64> = HashMap::with_capacity(samples.len());
-    let mut origin: HashMap<Subject, usize> = HashMap::new();
+pub fn key_by_subject(samples: &[Sample], subject_labels: &[String]) -> Result<SubjectMap<f64>, SourceError> {
+    let mut out: SubjectMap<f64> = SubjectMap::with_capacity_and_hasher(samples.len(), Default::default());
+    let mut origin: SubjectMap<usize> = SubjectMap::default();
     for (i, s) in samples.iter().enumerate() {
         let subject = Subject::new(subject_labels.iter().map(|l| (l.clone(), s.labels.get(l).cloned().unwrap_or_default())));
         if let Some(&first) = origin.get(&subject) {

@@ -20,7 +20,7 @@ use super::keyed::{self, Answer};
 use super::matrix::{self, MatrixAnswer};
 use super::{MetricsSource, RangeColumn, RangeSeries, Sample, SourceError, SubjectInterner};
 use crate::config::daemon::{Auth, PrometheusConfig};
-use crate::engine::{Subject, Ts};
+use crate::engine::{SubjectMap, Ts};
 
 /// Prometheus rejects a range query whose result would exceed 11,000 points per series;
 /// [`PrometheusSource::range`] splits longer ranges into chunks of at most this many steps.
@@ -302,7 +302,7 @@ impl MetricsSource for PrometheusSource {
         at: Ts,
         subject_labels: &[String],
         interner: &mut SubjectInterner,
-    ) -> Result<HashMap<Subject, f64>, SourceError> {
+    ) -> Result<SubjectMap<f64>, SourceError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let response = self.client.query(query).query("time", api_time(at)).timeout(self.timeout_ms().min(i64::MAX as u64) as i64).get_raw().await;
         let body = self.json_response(response)?.bytes().await.map_err(|e| self.map_reqwest(&e))?;
@@ -310,7 +310,10 @@ impl MetricsSource for PrometheusSource {
         let not_float = |detail: &dyn std::fmt::Display| {
             SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {detail}; {HISTOGRAM_HINT}"))
         };
-        match keyed::parse_instant(&body, subject_labels, interner) {
+        interner.begin_answer(query);
+        let parsed = keyed::parse_instant(&body, subject_labels, interner);
+        interner.end_answer();
+        match parsed {
             Ok(Answer::Values(v)) => Ok(v),
             Ok(Answer::Failed { timeout: true, .. }) => Err(SourceError::Timeout(self.timeout_ms())),
             Ok(Answer::Failed { message, .. }) => Err(SourceError::Query(message)),

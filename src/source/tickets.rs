@@ -26,10 +26,10 @@ use prometheus_http_query::reqwest::{self, header, StatusCode};
 use tokio::task::JoinSet;
 
 use super::prometheus::chain;
-use super::{key_by_subject, MetricsSource, PrometheusSource, SourceError, TicketCounter, TicketCounts};
+use super::{MetricsSource, PrometheusSource, SourceError, SubjectInterner, TicketCounter, TicketCounts};
 use crate::config::daemon::{TicketKind, TicketSource};
 use crate::config::template;
-use crate::engine::{Subject, Ts};
+use crate::engine::{Subject, SubjectMap, Ts};
 
 /// One day in milliseconds: the baseline's shift between days.
 pub const DAY_MS: Ts = 86_400_000;
@@ -100,7 +100,7 @@ struct Cache {
     /// `prometheus` kind: one snapshot per set of subject labels.
     snapshots: HashMap<Vec<String>, (Ts, TicketCounts)>,
     /// HTTP kinds: one entry per subject.
-    subjects: HashMap<Subject, Entry>,
+    subjects: SubjectMap<Entry>,
 }
 
 #[derive(Clone, Copy)]
@@ -320,18 +320,18 @@ impl<M> TicketSourceClient<M> {
                 Err(FetchError::Other(e)) => return Err(e),
             }
         }
-        let mut out = TicketCounts::default();
+        let (mut tickets, mut baseline) = (SubjectMap::default(), SubjectMap::default());
         for s in subjects {
             if let Some(e) = cache.subjects.get(s) {
                 if let Some(t) = e.tickets {
-                    out.tickets.insert(s.clone(), t);
+                    tickets.insert(s.clone(), t);
                 }
                 if let Some(b) = e.baseline {
-                    out.baseline.insert(s.clone(), b);
+                    baseline.insert(s.clone(), b);
                 }
             }
         }
-        Ok(out)
+        Ok(TicketCounts { tickets: tickets.into(), baseline: baseline.into() })
     }
 }
 
@@ -401,18 +401,19 @@ fn retry_after(value: Option<&header::HeaderValue>, at: Ts) -> Ts {
 
 impl<M: MetricsSource> TicketSourceClient<M> {
     /// `prometheus` kind: the query at `at` and at the same time on each of the 7 previous days.
-    async fn prometheus_counts(&self, metrics: &M, query: &str, subject_labels: &[String], at: Ts) -> Result<TicketCounts, SourceError> {
-        let q = |k: i64| metrics.instant(query, at - k * DAY_MS);
-        let (r0, r1, r2, r3, r4, r5, r6, r7) = tokio::join!(q(0), q(1), q(2), q(3), q(4), q(5), q(6), q(7));
-        let tickets = key_by_subject(&r0?, subject_labels)?;
-        let mut days: HashMap<Subject, Vec<f64>> = HashMap::new();
-        for r in [r1, r2, r3, r4, r5, r6, r7] {
-            for (s, v) in key_by_subject(&r?, subject_labels)? {
+    /// One answer after another, each parsed straight into subjects (`interner`'s): eight
+    /// answers of 10,000 series parsed at once in full would hold tens of megabytes for a
+    /// moment, every poll.
+    async fn prometheus_counts(&self, metrics: &M, query: &str, subject_labels: &[String], at: Ts, interner: &mut SubjectInterner) -> Result<TicketCounts, SourceError> {
+        let tickets = metrics.instant_keyed(query, at, subject_labels, interner).await?;
+        let mut days: SubjectMap<Vec<f64>> = SubjectMap::default();
+        for k in 1..=7 {
+            for (s, v) in metrics.instant_keyed(query, at - k * DAY_MS, subject_labels, interner).await? {
                 days.entry(s).or_default().push(v);
             }
         }
-        let baseline = days.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
-        Ok(TicketCounts { tickets, baseline })
+        let baseline: SubjectMap<f64> = days.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
+        Ok(TicketCounts { tickets: tickets.into(), baseline: baseline.into() })
     }
 }
 
@@ -421,7 +422,7 @@ impl<M: MetricsSource> TicketCounter for TicketSourceClient<M> {
     /// (for the HTTP kinds: per subject, so a new subject is fetched on its own). The
     /// `prometheus` kind returns every subject its query yields, the HTTP kinds exactly the
     /// requested ones that have a value. An `Err` means no counts for this evaluation.
-    async fn counts(&self, subjects: &[Subject], subject_labels: &[String], at: Ts) -> Result<TicketCounts, SourceError> {
+    async fn counts(&self, subjects: &[Subject], subject_labels: &[String], at: Ts, interner: &mut SubjectInterner) -> Result<TicketCounts, SourceError> {
         let mut cache = self.cache.lock().await;
         match &self.backend {
             Backend::Prometheus { query, metrics } => {
@@ -430,7 +431,7 @@ impl<M: MetricsSource> TicketCounter for TicketSourceClient<M> {
                         return Ok(c.clone());
                     }
                 }
-                let c = self.prometheus_counts(metrics, query, subject_labels, at).await?;
+                let c = self.prometheus_counts(metrics, query, subject_labels, at, interner).await?;
                 cache.snapshots.insert(subject_labels.to_vec(), (at, c.clone()));
                 Ok(c)
             }

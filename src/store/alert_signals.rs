@@ -10,12 +10,11 @@
 //! Every notification is written in ONE transaction, so a `kill -9` keeps all of it or none,
 //! and a restart neither forgets a firing alert nor invents one.
 
-use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension};
 
 use super::{Store, StoreError};
-use crate::engine::{Subject, Ts};
+use crate::engine::{Subject, SubjectMap, Ts};
 
 pub(super) const MIGRATION: &str = r#"
 CREATE TABLE alert_signals (
@@ -123,10 +122,10 @@ impl Store {
     }
 
     /// A signal's values at `now`: the subjects with a firing alert and their largest value.
-    pub fn alert_signal_values(&self, signal: &str, now: Ts) -> Result<HashMap<Subject, f64>, StoreError> {
+    pub fn alert_signal_values(&self, signal: &str, now: Ts) -> Result<SubjectMap<f64>, StoreError> {
         let mut q = self.conn.prepare_cached(Q_ALERT_SIGNAL_VALUES)?;
         let rows = q.query_map(params![signal, now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?;
-        let mut out = HashMap::new();
+        let mut out = SubjectMap::default();
         for row in rows {
             let (key, v) = row?;
             let subject = Subject::parse_key(&key).ok_or_else(|| StoreError::Corrupt(format!("subject key {key:?}")))?;

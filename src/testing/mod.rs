@@ -14,6 +14,7 @@ mod series;
 
 pub use series::parse_series;
 
+use crate::engine::SubjectMap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -57,7 +58,7 @@ pub enum FileError {
 }
 
 /// Per (group index, slot): each subject's series.
-type SeriesBySlot = HashMap<(usize, usize), HashMap<Subject, Vec<Option<f64>>>>;
+type SeriesBySlot = HashMap<(usize, usize), SubjectMap<Vec<Option<f64>>>>;
 
 struct PreparedTest {
     name: String,
@@ -431,7 +432,7 @@ fn run_test(engine: &Engine, rules: &RuleSet, default_interval: Duration, t: &Pr
                     if let Some(per_subject) = t.series.get(&(gi, slot)) {
                         let idx = (at / t.interval) as usize;
                         let m = per_subject.iter().filter_map(|(s, v)| v.get(idx).copied().flatten().map(|x| (s.clone(), x))).collect();
-                        input.slots[slot] = SlotValues::Series(m);
+                        input.slots[slot] = SlotValues::Series(std::sync::Arc::new(m));
                     }
                 }
                 let out = engine.evaluate_group(g, &input, &mut state, at);
