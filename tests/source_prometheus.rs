@@ -204,8 +204,12 @@ fn ticket_baseline_is_the_median_of_the_previous_seven_days() {
     let at = at_s * 1000;
     block(async {
         let before = metrics.queries_sent();
-        let c = tickets.counts(&subjects, &subject_labels, at, &mut Default::default()).await.expect("counts");
+        let mut interner = herald::source::SubjectInterner::default();
+        let c = tickets.counts(&subjects, &subject_labels, at, &mut interner).await.expect("counts");
         assert_eq!(metrics.queries_sent() - before, 8, "today plus 7 previous days");
+        // The subjects are the group interner's: the very allocations its other signals get.
+        let (checkout, _) = c.tickets.get_key_value(&service("checkout")).expect("checkout");
+        assert!(interner.intern(&subject_labels, &[Some("checkout".into())]).same_allocation(checkout));
         assert_eq!(c.tickets.get(&service("checkout")), Some(&30.0));
         assert_eq!(c.baseline.get(&service("checkout")), Some(&6.0));
         assert_eq!(c.tickets.get(&service("search")), Some(&2.0));
