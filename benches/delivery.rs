@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use herald::config::{load_config, Action, Severity};
-use herald::daemon::{now_ms, RunOptions, Shared};
+use herald::shared::{now_ms, RunOptions, Shared};
 use herald::engine::{Decision, DecisionStatus, Subject};
 use herald::notify::worker::{DeliveryTuning, Worker};
 use herald::store::{Commit, OutboxState, Store};

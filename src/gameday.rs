@@ -140,7 +140,7 @@ impl<S: MetricsSource> ScenarioSource<S> {
         if self.replace {
             return Ok(Vec::new());
         }
-        self.inner.instant(query, at.min(crate::daemon::rehearsal::wall_ms())).await
+        self.inner.instant(query, at.min(crate::rehearsal::wall_ms())).await
     }
 }
 
@@ -157,7 +157,7 @@ impl<S: MetricsSource> MetricsSource for ScenarioSource<S> {
             let subject = Subject::new(labels.iter().map(|l| (l.clone(), sample.labels.get(l).cloned().unwrap_or_default())));
             !scripted.contains_key(&subject)
         });
-        out.extend(scripted.into_iter().map(|(s, v)| Sample { labels: s.labels().iter().cloned().collect(), value: v }));
+        out.extend(scripted.into_iter().map(|(s, v)| Sample { labels: s.labels().map(|(k, v)| (k.to_string(), v.to_string())).collect(), value: v }));
         Ok(out)
     }
 

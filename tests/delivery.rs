@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use herald::config::{load_config, Action, Config, Severity};
-use herald::daemon::{now_ms, RunOptions, Shared};
+use herald::shared::{now_ms, RunOptions, Shared};
 use herald::engine::{Decision, DecisionStatus, IncidentRef, Instance, Phase, State, Subject, Ts};
 use herald::notify::plan::Planner;
 use herald::notify::worker::{DeliveryTuning, Worker};

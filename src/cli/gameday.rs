@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use super::EXIT_USAGE;
 use crate::config::{self, daemon::process_env};
-use crate::daemon::{self, rehearsal, RunOptions};
+use crate::daemon::{self, RunOptions};
+use crate::rehearsal;
 use crate::engine::Ts;
 use crate::gameday::{self, ScenarioSource};
 use crate::replay::report::{rfc3339, show_duration, IncidentSummary};
@@ -109,7 +110,7 @@ pub fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
     };
     crate::telemetry::install();
     let r = rehearsal::start(args.speed, "[GAME DAY]");
-    let start = daemon::now_ms();
+    let start = crate::shared::now_ms();
     let source = Arc::new(ScenarioSource::new(live, &scenario, &config.rules, start));
     let real = rehearsal::real(Duration::from_millis(scenario.duration as u64));
     println!(
@@ -134,7 +135,7 @@ pub fn run(args: GamedayArgs) -> anyhow::Result<ExitCode> {
         eprintln!("herald gameday: {e}");
         return Ok(ExitCode::from(super::EXIT_FAILED));
     }
-    let end = daemon::now_ms();
+    let end = crate::shared::now_ms();
 
     // The game day runs dry, so the daemon kept its state in the directory's dry-run database.
     let db = state_dir.join(crate::state_dir::Database::DryRun.file_name());

@@ -22,7 +22,7 @@ use crate::replay::report::rfc3339;
 use crate::source::MetricsSource;
 use crate::store::Commit;
 
-use super::{now_ms, Shared};
+use crate::shared::{now_ms, Shared};
 
 /// Replays the missed evaluations planned by [`Shared::new`] and commits the result.
 pub async fn catch_up<S: MetricsSource>(shared: &Arc<Shared>, source: &S) {

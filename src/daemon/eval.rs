@@ -10,7 +10,7 @@ use crate::source::tickets::TicketSourceClient;
 use crate::source::{MetricsSource, SubjectInterner, TicketCounter};
 use crate::store::Commit;
 
-use super::Shared;
+use crate::shared::Shared;
 
 /// The ticket clients of a configuration, by source name.
 pub type Tickets<S> = HashMap<String, TicketSourceClient<S>>;
@@ -174,7 +174,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                         if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
                             let ratio = n / b;
                             if cache.ticket_ratio.insert(subject.clone(), ratio) != Some(ratio) {
-                                let labels: Vec<(String, String)> = scrubber.scrubber().subject(subject).labels().to_vec();
+                                let labels: Vec<(String, String)> = scrubber.scrubber().subject(subject).labels().map(|(k, v)| (k.to_string(), v.to_string())).collect();
                                 metrics::gauge!("herald_ticket_ratio", &labels).set(ratio);
                             }
                         }
@@ -225,7 +225,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             let mut watch = shared2.explain_watch.lock().expect("explain watch lock");
             for ((rule, subject), log) in watch.iter_mut() {
                 if let Some(r) = group.rules.iter().find(|r| &r.name == rule) {
-                    if log.len() == super::EXPLAIN_HISTORY {
+                    if log.len() == crate::shared::EXPLAIN_HISTORY {
                         log.pop_front();
                     }
                     log.push_back(crate::engine::explain::explain(group, r, subject, &input, &core.state, now));
@@ -297,7 +297,7 @@ pub async fn evaluate_group_once<S: MetricsSource>(
 }
 
 /// The drafts of a step's `suggest_update` decisions (see [`crate::drafts`]).
-fn drafts_for(out: &mut StepOutput, core: &super::Core, config: &Config, planner: &crate::notify::plan::Planner, now: Ts) -> Vec<(String, Ts, String)> {
+fn drafts_for(out: &mut StepOutput, core: &crate::shared::Core, config: &Config, planner: &crate::notify::plan::Planner, now: Ts) -> Vec<(String, Ts, String)> {
     let lookup = |id: &str| core.state.incidents.values().find(|i| i.id == id).cloned();
     crate::drafts::for_decisions(&mut out.decisions, &lookup, &config.drafts, config.global.timezone, &config.global.external_url, planner.scrubber(), now)
 }
@@ -488,7 +488,7 @@ mod tests {
             fired += r.output.decisions.len();
             rows_written.push(r.output.changed_instances.len());
             let core = shared.core.lock().unwrap();
-            let (loaded, _) = crate::daemon::load_state(&core.store, &config).unwrap();
+            let (loaded, _) = crate::shared::load_state(&core.store, &config).unwrap();
             assert_eq!(live(&loaded), live(&core.state), "step {step}: the database holds what memory holds");
             assert!(core.rewrite_groups.is_empty(), "the first commit rewrote the group");
         }
@@ -512,6 +512,6 @@ mod tests {
         assert!(again.committed);
         assert_eq!(again.output.decisions, failed.output.decisions, "the same decisions, made again");
         let core = shared.core.lock().unwrap();
-        assert_eq!(live(&crate::daemon::load_state(&core.store, &config).unwrap().0), live(&core.state));
+        assert_eq!(live(&crate::shared::load_state(&core.store, &config).unwrap().0), live(&core.state));
     }
 }

@@ -10,222 +10,25 @@
 
 mod catch_up;
 mod eval;
-pub mod rehearsal;
-mod reload;
 mod samples;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use eval::{evaluate_group_once, EvalReport, SignalCache, Tickets};
-pub use reload::{reload, ReloadError, ReloadSummary};
+pub use crate::shared::{DaemonError, RunOptions};
 
 use crate::config::Config;
-use crate::engine::{Engine, GroupInput, State, Ts};
-use crate::notify::plan::Planner;
+use crate::engine::Ts;
+use crate::rehearsal;
+use crate::shared::{now_ms, reload, Shared};
 use crate::source::MetricsSource;
-use crate::state_dir::{self, Database, StateDirError};
-use crate::store::{SaveHealth, Store, StoreError};
-
-/// Options of a run that are not configuration.
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Everything as live, but no receiver transport is called.
-    pub dry_run: bool,
-    /// Each notification reloads the configuration, as `POST /-/reload` does (the CLI wires
-    /// SIGHUP to it).
-    pub reload_requests: Option<Arc<tokio::sync::Notify>>,
-    /// Move an empty or corrupt state database aside and start with an empty one, instead
-    /// of refusing to start (`--fresh-state`).
-    pub fresh_state: bool,
-}
-
-/// The engine state and its durable copy, locked together so they never drift apart.
-///
-/// An evaluation writes only the instance rows that changed; the in-memory state is never
-/// copied. When a commit fails, [`Core::roll_back`] reloads the state from the database (the
-/// last committed truth), so the next evaluation makes the same decisions again.
-pub struct Core {
-    pub state: State,
-    pub store: Store,
-    /// Groups whose instances differ from their rows in ways no step reported (timers shifted
-    /// over a restart's downtime): their next commit rewrites all their rows.
-    pub rewrite_groups: HashSet<String>,
-    /// The state could not be reloaded after a failed commit: nothing is decided or applied
-    /// until [`Core::ensure_loaded`] succeeds.
-    pub stale: bool,
-}
-
-impl Core {
-    /// A core over a freshly loaded state, whose groups' rows are rewritten at their first
-    /// commit.
-    pub fn new(state: State, store: Store, config: &Config) -> Core {
-        let rewrite_groups = config.rules.groups.iter().map(|g| g.name.clone()).collect();
-        Core { state, store, rewrite_groups, stale: false }
-    }
-
-    /// Throws away uncommitted changes: reloads the state from the database. If even that
-    /// fails, the core is marked stale and refuses work until a reload succeeds.
-    pub fn roll_back(&mut self, config: &Config) {
-        self.stale = true;
-        if let Err(e) = self.ensure_loaded(config) {
-            tracing::error!(error = %e, "cannot reload the state after a failed save; evaluations and events wait until it can be read");
-        }
-    }
-
-    /// Reloads a stale state (see [`Core::roll_back`]); an error while it cannot be read.
-    pub fn ensure_loaded(&mut self, config: &Config) -> Result<(), StoreError> {
-        if self.stale {
-            let (state, _) = load_state(&self.store, config)?;
-            self.state = state;
-            self.stale = false;
-        }
-        Ok(())
-    }
-}
-
-/// Loads the engine state as the last commit left it, with the groups' last evaluation times.
-///
-/// An instance row is written only when it changes, so its `last_eval` is when it last
-/// changed; every evaluation of a group steps all its live instances, so `last_eval` is moved
-/// up to the group's last committed evaluation.
-pub fn load_state(store: &Store, config: &Config) -> Result<(State, HashMap<String, Ts>), StoreError> {
-    let mut state = store.load_state()?;
-    let last = store.group_evals()?;
-    for g in &config.rules.groups {
-        if let Some(&at) = last.get(&g.name) {
-            for r in &g.rules {
-                if let Some(m) = state.instances.get_mut(&r.name) {
-                    m.values_mut().for_each(|i| i.last_eval = i.last_eval.max(at));
-                }
-            }
-        }
-    }
-    Ok((state, last))
-}
-
-/// What every task of the daemon shares.
-pub struct Shared {
-    /// The running configuration (replaced atomically on reload).
-    pub config: RwLock<Arc<Config>>,
-    /// The notification planner of the running configuration.
-    pub planner: RwLock<Arc<Planner>>,
-    pub core: Mutex<Core>,
-    pub engine: Engine,
-    pub options: RunOptions,
-    /// Woken when the outbox has new entries.
-    pub outbox_wake: tokio::sync::Notify,
-    /// True once every group has been evaluated once (readiness).
-    pub ready: AtomicBool,
-    /// Cancelled on shutdown.
-    pub shutdown: CancellationToken,
-    /// Bumped after every successful reload; the evaluation loop restarts its group tasks.
-    pub reloaded: tokio::sync::watch::Sender<u64>,
-    /// Whether the last write to the state database failed (readiness reads it lock-free).
-    pub saves: SaveHealth,
-    /// Each group's last evaluated tick (from the store at start, then from every evaluation):
-    /// a group resumes on its schedule without evaluating the same tick twice, after a restart
-    /// and after a reload (so a reload storm never becomes a query storm).
-    pub resume: Mutex<HashMap<String, Ts>>,
-    /// Each group's last evaluation: its time and input, for `GET /api/v1/rules/{rule}/explain`.
-    pub last_inputs: Mutex<HashMap<String, (Ts, Arc<GroupInput>)>>,
-    /// (rule, subject) pairs someone asked to explain: each later evaluation of the pair is
-    /// recorded (the last [`EXPLAIN_HISTORY`]), so the API shows the last evaluations.
-    pub explain_watch: Mutex<HashMap<(String, crate::engine::Subject), std::collections::VecDeque<crate::engine::explain::Explanation>>>,
-    /// Missed evaluations to replay before the loop starts: (group index, first missed time).
-    pub catch_up: Mutex<Vec<(usize, Ts)>>,
-}
-
-/// Evaluations kept per explained (rule, subject).
-pub const EXPLAIN_HISTORY: usize = 10;
-/// Most (rule, subject) pairs recorded for explain at once (the oldest request is dropped).
-pub const EXPLAIN_WATCH_MAX: usize = 64;
-
-impl Shared {
-    /// The current configuration.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.read().expect("config lock").clone()
-    }
-    /// Whether readiness has been reached.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-    /// Whether the last write to the state database failed.
-    pub fn saves_failing(&self) -> bool {
-        self.saves.failing()
-    }
-}
-
-impl Shared {
-    /// Builds the shared state from a configuration and an opened store: loads the engine
-    /// state; downtime older than `global.catch_up` is unknown (it neither advances `for` nor
-    /// counts down `keep_firing_for`), and the more recent missed evaluations are planned for
-    /// [`catch_up::catch_up`], which `run` does before anything else (if it cannot read the
-    /// history, that time is unknown too). Tests use it to drive tasks in-process.
-    pub fn new(config: Config, store: Store, options: RunOptions) -> Result<Shared, DaemonError> {
-        let (mut state, last) = load_state(&store, &config)?;
-        let now = now_ms();
-        let bound = config.global.catch_up.as_millis() as Ts;
-        let mut catch_up = Vec::new();
-        for (gi, g) in config.rules.groups.iter().enumerate() {
-            if let Some(&at) = last.get(&g.name) {
-                let rules: Vec<&str> = g.rules.iter().map(|r| r.name.as_str()).collect();
-                // Downtime beyond `global.catch_up` is unknown; the rest is replayed from
-                // history before the loop starts (see `catch_up`).
-                let resume = if bound > 0 { at.max(now - bound) } else { now };
-                state.hold_timers(&rules, resume);
-                let interval = g.interval_or(config.global.evaluation_interval).as_millis() as Ts;
-                if now - resume > interval {
-                    catch_up.push((gi, resume + interval));
-                }
-                tracing::info!(group = %g.name, down_for_s = (now - at) / 1000, catch_up_s = (now - resume) / 1000, "resuming group");
-            }
-        }
-        tracing::info!(incidents = state.incidents.len(), next_incident = state.next_incident_seq + 1, "state loaded");
-        let planner = Planner::new(&config)?;
-        let saves = store.save_health();
-        let core = Core::new(state, store, &config);
-        Ok(Shared {
-            planner: RwLock::new(Arc::new(planner)),
-            config: RwLock::new(Arc::new(config)),
-            core: Mutex::new(core),
-            engine: Engine::new(),
-            options,
-            outbox_wake: tokio::sync::Notify::new(),
-            ready: AtomicBool::new(false),
-            shutdown: CancellationToken::new(),
-            reloaded: tokio::sync::watch::Sender::new(0),
-            saves,
-            resume: Mutex::new(last),
-            last_inputs: Mutex::new(HashMap::new()),
-            explain_watch: Mutex::new(HashMap::new()),
-            catch_up: Mutex::new(catch_up),
-        })
-    }
-}
-
-/// Why the daemon stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    State(#[from] StateDirError),
-    #[error("invalid content filter: {0}")]
-    Scrub(#[from] crate::notify::ScrubError),
-    #[error("HTTP server: {0}")]
-    Http(std::io::Error),
-}
-
-/// Unix milliseconds now: the wall clock, or a game day's accelerated clock ([`rehearsal`]).
-pub fn now_ms() -> Ts {
-    rehearsal::now_ms()
-}
+use crate::state_dir::{self, Database};
 
 /// Opens the state, resumes where the last run stopped, and runs until `shutdown` resolves.
 ///

@@ -108,7 +108,7 @@ impl Drafter {
             let p = v * 100.0;
             if p >= 10.0 { format!("{p:.0}%") } else { format!("{}%", format!("{p:.1}").trim_end_matches(".0")) }
         });
-        let service_name = incident.subject.get("service").map_or_else(|| incident.subject.labels().iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(" "), str::to_string);
+        let service_name = incident.subject.get("service").map_or_else(|| incident.subject.labels().map(|(_, v)| v).collect::<Vec<_>>().join(" "), str::to_string);
         let progress = match incident.status {
             Status::Investigating => "We are working to find the cause.",
             Status::Identified => "We have found the cause and are working on a fix.",

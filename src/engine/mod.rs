@@ -38,7 +38,7 @@ use serde::Serialize;
 pub use event::{EventFields, EventNote, FieldError, HeraldEvent, TimelineEntry};
 pub use incident::{Channel, Effect, Event, EventError, Evidence, Incident, Status};
 pub use instance::{Instance, Phase, Ts};
-pub use subject::{BuildSubjectHasher, Subject, SubjectMap, SubjectSet};
+pub use subject::{BuildSubjectHasher, Labels, Subject, SubjectMap, SubjectSet};
 
 use crate::config::{template, Action, Group, Rule, Severity, SignalSource};
 use crate::expr::{Ctx, IncidentField, IncidentView, Truth, Value};
@@ -659,7 +659,7 @@ impl Engine {
 pub fn template_context(group: &Group, rule: &Rule, subject: &Subject, values: &[Option<f64>], view: &IncidentView<'_>, now: Ts) -> TValue {
     let mut map: BTreeMap<String, TValue> =
         group.slots.iter().zip(values).map(|(n, v)| (n.clone(), v.map_or(TValue::from(()), TValue::from))).collect();
-    let subj: BTreeMap<String, TValue> = subject.labels().iter().map(|(k, v)| (k.clone(), TValue::from(v.as_str()))).collect();
+    let subj: BTreeMap<String, TValue> = subject.labels().map(|(k, v)| (k.to_string(), TValue::from(v))).collect();
     map.insert("subject".into(), TValue::from(subj));
     let inc: BTreeMap<&str, TValue> = IncidentField::ALL
         .iter()

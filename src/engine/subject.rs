@@ -17,11 +17,47 @@ use std::sync::{Arc, OnceLock};
 #[derive(Clone)]
 pub struct Subject(Arc<Inner>);
 
+/// Two allocations besides the `Arc`'s, whatever the number of labels: at 10,000 subjects a
+/// subject is most of what Herald holds, and a string per label name and value doubled that.
 struct Inner {
     hash: u64,
-    key: Box<str>,
-    labels: Box<[(String, String)]>,
+    /// The canonical key, then each label's name and value, back to back.
+    text: Box<str>,
+    /// Where the key ends in `text`, then for each label (sorted by name) where its name
+    /// ends and where its value ends.
+    ends: Box<[u32]>,
 }
+
+impl Inner {
+    fn key(&self) -> &str {
+        &self.text[..self.ends[0] as usize]
+    }
+}
+
+/// A subject's label pairs, sorted by name (see [`Subject::labels`]).
+#[derive(Clone)]
+pub struct Labels<'a> {
+    text: &'a str,
+    /// The end of the previous value (where the next name starts), then the pending ends.
+    start: u32,
+    ends: &'a [u32],
+}
+
+impl<'a> Iterator for Labels<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        let [name_end, value_end, rest @ ..] = self.ends else { return None };
+        let pair = (&self.text[self.start as usize..*name_end as usize], &self.text[*name_end as usize..*value_end as usize]);
+        self.start = *value_end;
+        self.ends = rest;
+        Some(pair)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.ends.len() / 2, Some(self.ends.len() / 2))
+    }
+}
+
+impl ExactSizeIterator for Labels<'_> {}
 
 /// The per-process key of subject hashes.
 fn hash_key() -> &'static RandomState {
@@ -71,20 +107,35 @@ impl Subject {
         let mut labels: Vec<(String, String)> = labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         labels.sort();
         labels.dedup_by(|a, b| a.0 == b.0);
-        let mut key = String::new();
-        write_key(&mut key, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let hash = hash_key().hash_one(key.as_str());
-        Subject(Arc::new(Inner { hash, key: key.into(), labels: labels.into() }))
+        let mut text = String::new();
+        write_key(&mut text, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let hash = hash_key().hash_one(text.as_str());
+        let mut ends = Vec::with_capacity(1 + 2 * labels.len());
+        let end = |text: &String| u32::try_from(text.len()).expect("a subject's labels are far below 4 GiB");
+        ends.push(end(&text));
+        for (k, v) in &labels {
+            text.push_str(k);
+            ends.push(end(&text));
+            text.push_str(v);
+            ends.push(end(&text));
+        }
+        Subject(Arc::new(Inner { hash, text: text.into(), ends: ends.into() }))
     }
 
     /// The canonical key, e.g. `{service="checkout"}`.
     pub fn key(&self) -> &str {
-        &self.0.key
+        self.0.key()
     }
 
-    /// Label pairs sorted by name.
-    pub fn labels(&self) -> &[(String, String)] {
-        &self.0.labels
+    /// Label pairs (name, value) sorted by name.
+    pub fn labels(&self) -> Labels<'_> {
+        Labels { text: &self.0.text, start: self.0.ends[0], ends: &self.0.ends[1..] }
+    }
+
+    /// The value of the `i`-th label in name order (`i < labels().len()`).
+    pub fn value_at(&self, i: usize) -> &str {
+        let e = &self.0.ends[1 + 2 * i..];
+        &self.0.text[e[0] as usize..e[1] as usize]
     }
 
     /// Whether anything but this handle holds the subject's allocation.
@@ -99,12 +150,12 @@ impl Subject {
 
     /// One label's value.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.labels().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
     /// Whether this subject has exactly these label names (in any order).
     pub fn has_label_names(&self, names: &[String]) -> bool {
-        self.0.labels.len() == names.len() && names.iter().all(|n| self.get(n).is_some())
+        self.labels().len() == names.len() && names.iter().all(|n| self.get(n).is_some())
     }
 
     /// Parses a canonical key back into a subject (used by storage).
@@ -164,7 +215,7 @@ pub fn write_key<'a>(out: &mut String, sorted: impl Iterator<Item = (&'a str, &'
 // the pointer is compared first, then the hash: most comparisons never read the keys.
 impl PartialEq for Subject {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.key == other.0.key)
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.key() == other.0.key())
     }
 }
 impl Eq for Subject {}
@@ -184,17 +235,17 @@ impl Ord for Subject {
         if Arc::ptr_eq(&self.0, &other.0) {
             return std::cmp::Ordering::Equal;
         }
-        self.0.key.cmp(&other.0.key)
+        self.0.key().cmp(other.0.key())
     }
 }
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.key)
+        f.write_str(self.0.key())
     }
 }
 impl fmt::Debug for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.key)
+        f.write_str(self.0.key())
     }
 }
 
@@ -212,6 +263,22 @@ mod tests {
         assert_eq!(Subject::parse_key(odd.key()).unwrap().get("service"), Some("a\"b\\c,d=e"));
         assert_eq!(Subject::parse_key(a.key()).unwrap(), a);
         assert_eq!(Subject::parse_key("{}").unwrap().labels().len(), 0);
+    }
+
+    #[test]
+    fn labels_and_values_read_back_from_one_buffer() {
+        // The key, names and values share one string; escaping in the key does not shift them.
+        let s = Subject::new([("service", "a\"b"), ("region", ""), ("az", "eu-1\nx")]);
+        let labels: Vec<(&str, &str)> = s.labels().collect();
+        assert_eq!(labels, [("az", "eu-1\nx"), ("region", ""), ("service", "a\"b")]);
+        assert_eq!(s.labels().len(), 3);
+        assert_eq!((s.value_at(0), s.value_at(1), s.value_at(2)), ("eu-1\nx", "", "a\"b"));
+        assert_eq!(s.key(), r#"{az="eu-1\nx",region="",service="a\"b"}"#);
+        assert_eq!(s.get("region"), Some(""));
+        assert_eq!(s.get("zone"), None);
+        assert!(s.has_label_names(&["service".into(), "az".into(), "region".into()]));
+        let none = Subject::new(Vec::<(String, String)>::new());
+        assert_eq!((none.labels().len(), none.key()), (0, "{}"));
     }
 
     #[test]

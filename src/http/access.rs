@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{tokens_equal, ApiError};
-use crate::daemon::Shared;
+use crate::shared::Shared;
 
 /// The shortest time between two reloads through the API.
 pub const RELOAD_MIN_GAP: Duration = Duration::from_secs(1);

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::{blocking, rfc3339, ApiError, Authorized};
 use crate::config::daemon::StatusPageKind;
-use crate::daemon::{now_ms, Shared};
+use crate::shared::{now_ms, Shared};
 use crate::drafts::Draft;
 use crate::engine::Status;
 use crate::integrations::publish::{Request, COMPONENT_STATUSES};

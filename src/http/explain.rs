@@ -1,7 +1,7 @@
 //! `GET /api/v1/rules/{rule}/explain?subject=service=checkout`: why a rule does or does not
 //! fire for one subject (see [`crate::engine::explain`]). The first request answers from the
 //! group's last evaluation and starts recording the pair: later requests show the last
-//! evaluations (up to [`EXPLAIN_HISTORY`](crate::daemon::EXPLAIN_HISTORY)), oldest first.
+//! evaluations (up to [`EXPLAIN_HISTORY`](crate::shared::EXPLAIN_HISTORY)), oldest first.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{blocking, rfc3339, ApiError};
-use crate::daemon::Shared;
+use crate::shared::Shared;
 use crate::engine::explain::explain;
 use crate::engine::Subject;
 
@@ -65,7 +65,7 @@ pub(super) async fn explain_rule(State(shared): State<Arc<Shared>>, Path(rule): 
             return Ok(log.iter().cloned().collect());
         }
         // Not recorded yet: the last evaluation now, and record from the next one on.
-        if watch.len() >= crate::daemon::EXPLAIN_WATCH_MAX {
+        if watch.len() >= crate::shared::EXPLAIN_WATCH_MAX {
             if let Some(k) = watch.keys().next().cloned() {
                 watch.remove(&k);
             }

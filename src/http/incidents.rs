@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{blocking, rfc3339, ApiError, Authorized};
-use crate::daemon::{now_ms, Shared};
+use crate::shared::{now_ms, Shared};
 use crate::engine::event::valid_types;
 use crate::engine::{ApplyError, Event, EventError, EventFields, EventNote, Incident, Subject};
 use crate::store::{Commit, TimelineRow};
@@ -248,7 +248,7 @@ fn not_found(id: &str) -> ApiError {
 
 /// Applies an event and commits the incident and the event together, under the core lock.
 /// A refused event changes nothing; if the commit fails, the state is reloaded from the
-/// database ([`crate::daemon::Core::roll_back`]). An incident that is neither a subject's
+/// database ([`crate::shared::Core::roll_back`]). An incident that is neither a subject's
 /// latest nor kept in memory for its obligations is read from the store.
 fn apply_and_commit(shared: &Shared, target: Target<'_>, event: &Event, note: &EventNote) -> Result<Incident, ApiError> {
     let now = now_ms();

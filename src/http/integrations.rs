@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{blocking, ApiError, Authorized};
-use crate::daemon::{now_ms, Shared};
+use crate::shared::{now_ms, Shared};
 use crate::integrations::{alertmanager, pagerduty};
 
 /// Largest inbound webhook body (PagerDuty and Alertmanager bodies are a few KB).

@@ -31,7 +31,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::daemon::Shared;
+use crate::shared::Shared;
 use crate::engine::Ts;
 
 /// The router of the API and the console, with its state.

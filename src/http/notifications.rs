@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{blocking, rfc3339, ApiError};
-use crate::daemon::Shared;
+use crate::shared::Shared;
 use crate::store::{OutboxEntry, OutboxState};
 
 const MAX_LIST: usize = 1000;

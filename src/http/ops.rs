@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::access::{check_token, too_many_reloads, ReloadGate};
 use super::{blocking, ApiError};
-use crate::daemon::{reload as reload_config, ReloadError, Shared};
+use crate::shared::{reload as reload_config, ReloadError, Shared};
 
 pub(super) async fn healthy() -> &'static str {
     "Herald is Healthy.\n"

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::{blocking, rfc3339, ApiError};
 use crate::config::PromDuration;
-use crate::daemon::Shared;
+use crate::shared::Shared;
 use crate::engine::Phase;
 
 pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {

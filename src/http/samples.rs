@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{blocking, rfc3339, ApiError};
-use crate::daemon::Shared;
+use crate::shared::Shared;
 
 pub(super) async fn list(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let samples = blocking(move || {

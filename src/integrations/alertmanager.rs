@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::daemon::{AlertEvent, AlertMapping, AlertTarget, ValueFrom};
-use crate::daemon::Core;
+use crate::shared::Core;
 use crate::engine::{Event, SlotValues, Subject, Ts};
 use crate::store::{AlertSignal, AlertSignalWrite, Extra, Mark, Store, StoreError};
 

@@ -15,7 +15,7 @@ pub mod statuspage;
 
 use std::sync::Arc;
 
-use crate::daemon::{now_ms, Core, Shared};
+use crate::shared::{now_ms, Core, Shared};
 use crate::engine::{ChangeKind, Effect, Event, EventError, Incident, Subject, Ts};
 use crate::store::{Commit, Extra, StoreError};
 

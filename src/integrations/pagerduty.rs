@@ -18,7 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::daemon::Core;
+use crate::shared::Core;
 use crate::engine::{Event, Ts};
 use crate::store::{Extra, Mark};
 

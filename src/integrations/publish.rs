@@ -30,7 +30,7 @@ use super::statuspage::{Client, Clients, PageError, SpIncident, SpUpdate};
 use super::{apply_external, fingerprint, parse_time};
 use crate::config::daemon::StatusPageKind;
 use crate::config::Config;
-use crate::daemon::{now_ms, Shared};
+use crate::shared::{now_ms, Shared};
 use crate::engine::{Channel, Event, Status, Ts};
 use crate::store::{Extra, Link, Mark, PublicationRow};
 
@@ -85,7 +85,7 @@ pub async fn run(shared: Arc<Shared>, clients: Arc<Clients>, config: Arc<Config>
     }
 }
 
-async fn blocking<T: Send + 'static>(shared: &Arc<Shared>, f: impl FnOnce(&mut crate::daemon::Core) -> T + Send + 'static) -> Option<T> {
+async fn blocking<T: Send + 'static>(shared: &Arc<Shared>, f: impl FnOnce(&mut crate::shared::Core) -> T + Send + 'static) -> Option<T> {
     let s = shared.clone();
     tokio::task::spawn_blocking(move || {
         let mut core = s.core.lock().expect("core lock");

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{apply_external, fingerprint, parse_time};
 use crate::config::daemon::{StatusPage, StatusPageKind};
 use crate::config::Config;
-use crate::daemon::{Core, Shared};
+use crate::shared::{Core, Shared};
 use crate::engine::{Channel, Event, Status, Ts};
 use crate::store::{Extra, Link, Mark, StoreError};
 

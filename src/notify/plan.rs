@@ -353,7 +353,7 @@ pub fn notification(d: &Decision, id: String, dedup_key: String, external_url: &
         rule: d.rule.clone(),
         action: d.action.as_str().to_string(),
         severity: d.severity.as_str().to_string(),
-        subject: d.subject.labels().iter().cloned().collect::<BTreeMap<_, _>>(),
+        subject: d.subject.labels().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         labels: d.labels.clone(),
         annotations: d.annotations.clone(),
         values: d.values.clone(),

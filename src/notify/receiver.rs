@@ -133,7 +133,7 @@ fn render(
             r.text = format!("{DRY_RUN_PREFIX} {}", r.text);
         }
         // A game day marks its messages "[GAME DAY]" instead.
-        let prefix = crate::daemon::rehearsal::prefix();
+        let prefix = crate::rehearsal::prefix();
         if prefix != DRY_RUN_PREFIX {
             r.title = r.title.replacen(DRY_RUN_PREFIX, prefix, 1);
             r.text = r.text.replacen(DRY_RUN_PREFIX, prefix, 1).replace("dry run, no action needed", "game day, no action needed");

@@ -457,11 +457,10 @@ impl Scrubber {
         let mut changed = false;
         let labels: Vec<(String, String)> = s
             .labels()
-            .iter()
             .map(|(k, v)| {
                 let v = self.label_value(v);
                 changed |= matches!(v, Cow::Owned(_));
-                (k.clone(), v.into_owned())
+                (k.to_string(), v.into_owned())
             })
             .collect();
         if changed {

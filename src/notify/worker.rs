@@ -40,7 +40,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::daemon::{Receiver, ReceiverKind};
-use crate::daemon::{now_ms, Shared};
+use crate::shared::{now_ms, Shared};
 use crate::engine::Ts;
 use crate::notify::plan::{held_by_min_interval, DEFERRED};
 use crate::notify::receiver::{

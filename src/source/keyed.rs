@@ -18,6 +18,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::answer::{self, CowStr, Envelope, ResultReader};
 use super::{key_by_subject, Sample, SourceError};
 use crate::engine::{Subject, SubjectMap};
 
@@ -47,6 +48,8 @@ pub struct SubjectInterner {
     last_order: HashMap<String, Vec<Subject>>,
     /// The answer being parsed: its query, the last answer's order, this answer's so far.
     answer: Option<(String, Vec<Subject>, Vec<Subject>)>,
+    /// A size for the answer being parsed when there is no last one (see `expect_len`).
+    expected: usize,
 }
 
 impl SubjectInterner {
@@ -61,12 +64,24 @@ impl SubjectInterner {
     pub fn begin_answer(&mut self, query: &str) {
         let last = self.last_order.remove(query).unwrap_or_default();
         let capacity = last.len();
+        self.expected = 0;
         self.answer = Some((query.to_string(), last, Vec::with_capacity(capacity)));
     }
 
-    /// How many series the query's last answer had (a capacity hint).
+    /// How many series the answer being parsed is expected to have (a capacity hint): the
+    /// query's last answer's, or what [`SubjectInterner::expect_len`] said.
     pub fn expected_len(&self) -> usize {
-        self.answer.as_ref().map_or(0, |(_, last, _)| last.len())
+        self.answer.as_ref().map_or(0, |(_, last, _)| last.len()).max(self.expected)
+    }
+
+    /// Sizes the answer being parsed (the query's first): its map and order are allocated
+    /// once rather than grown by doubling, which holds two tables at the largest step (and
+    /// sets the allocator's high-water mark at the first evaluation).
+    pub fn expect_len(&mut self, n: usize) {
+        self.expected = n;
+        if let Some((_, _, order)) = &mut self.answer {
+            order.reserve(n);
+        }
     }
 
     /// The answer is parsed again from its first series.
@@ -93,14 +108,23 @@ impl SubjectInterner {
             for (pos, i) in sorted.into_iter().enumerate() {
                 sorted_index[i] = pos;
             }
-            *self = SubjectInterner { names: names.to_vec(), sorted_index, generation: self.generation, ..SubjectInterner::default() };
+            // The answer being parsed is still recorded (its order starts over: the subjects
+            // of another list of names are not this one's).
+            let answer = self.answer.take().map(|(query, _, _)| (query, Vec::new(), Vec::with_capacity(self.expected)));
+            *self = SubjectInterner {
+                names: names.to_vec(),
+                sorted_index,
+                generation: self.generation,
+                answer,
+                expected: self.expected,
+                ..SubjectInterner::default()
+            };
         }
         let value = |i: usize| values[i].as_deref().unwrap_or("");
         if let Some((_, last, order)) = &mut self.answer {
             if let Some(s) = last.get(order.len()) {
                 // Every subject here has exactly `names` (sorted): compare values in place.
-                let labels = s.labels();
-                if labels.len() == names.len() && self.sorted_index.iter().enumerate().all(|(i, &at)| labels[at].1 == value(i)) {
+                if s.labels().len() == names.len() && self.sorted_index.iter().enumerate().all(|(i, &at)| s.value_at(at) == value(i)) {
                     let s = s.clone();
                     order.push(s.clone());
                     return s;
@@ -160,31 +184,25 @@ pub enum Answer {
 /// Parses an instant-query answer (`/api/v1/query`) into values keyed by `subject_labels`.
 /// `Err` is a body that is not the API's JSON.
 pub fn parse_instant(body: &[u8], subject_labels: &[String], interner: &mut SubjectInterner) -> Result<Answer, serde_json::Error> {
-    // One UTF-8 check for the whole body, not one per string (`from_str` trusts its input).
-    let body = std::str::from_utf8(body).map_err(|e| de::Error::custom(format!("the answer is not UTF-8: {e}")))?;
-    let mut hint = None;
-    loop {
-        interner.restart_answer();
-        let mut de = serde_json::Deserializer::from_str(body);
-        let top = Top { names: subject_labels, interner: &mut *interner, hint: hint.as_deref() }.deserialize(&mut de)?;
-        de.end()?;
-        return Ok(match top {
-            TopOut::Failed { timeout, message } => Answer::Failed { timeout, message },
-            // `result` came before `resultType`: parse again, knowing the type.
-            TopOut::Data(DataOut::Unordered(t)) if hint.is_none() => {
-                hint = Some(t);
-                continue;
-            }
-            TopOut::Data(DataOut::Values { values, duplicate: false, not_float: false }) => Answer::Values(values),
-            TopOut::Data(DataOut::Values { not_float: true, .. }) => Answer::NotFloat,
-            TopOut::Data(DataOut::Values { duplicate: true, .. }) => match key_by_subject(&full_samples(body.as_bytes())?, subject_labels) {
-                Ok(values) => Answer::Values(values),
-                Err(e) => Answer::Error(e),
-            },
-            TopOut::Data(DataOut::Type(t) | DataOut::Unordered(t)) => Answer::Type(t),
-            TopOut::Data(DataOut::Missing) => return Err(de::Error::custom("no data.result in a successful answer")),
-        });
+    if interner.expected_len() == 0 {
+        // No last answer to size this one: each series has one `"metric"` key. A label value
+        // "metric" counts too, which only over-sizes a little; at least 20 bytes per series.
+        let keys = body.windows(8).filter(|w| w == b"\"metric\"").count();
+        interner.expect_len(keys.min(body.len() / 20));
     }
+    interner.restart_answer();
+    let mut reader = Instant { names: subject_labels, interner };
+    Ok(match answer::parse(body, &mut reader)? {
+        Envelope::Failed { timeout, message } => Answer::Failed { timeout, message },
+        Envelope::Result(Read { values, duplicate: false, not_float: false }) => Answer::Values(values),
+        Envelope::Result(Read { not_float: true, .. }) => Answer::NotFloat,
+        Envelope::Result(Read { duplicate: true, .. }) => match key_by_subject(&full_samples(body)?, subject_labels) {
+            Ok(values) => Answer::Values(values),
+            Err(e) => Answer::Error(e),
+        },
+        Envelope::Type(t) => Answer::Type(t),
+        Envelope::Missing => return Err(de::Error::custom("no data.result in a successful answer")),
+    })
 }
 
 /// The general parse of a vector answer, every label kept (for error messages only).
@@ -211,144 +229,35 @@ pub(super) fn parse_value<E: de::Error>(s: &str) -> Result<f64, E> {
     s.parse().map_err(|_| E::custom(format!("invalid sample value {s:?}")))
 }
 
-/// A string that borrows from the body unless it had escapes.
-pub(super) struct CowStr<'de>(pub(super) Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for CowStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CowStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
+/// A vector or scalar result, read.
+struct Read {
+    values: SubjectMap<f64>,
+    /// Two series had one subject.
+    duplicate: bool,
+    /// A sample was not a float (a native histogram).
+    not_float: bool,
 }
 
-enum TopOut {
-    Failed { timeout: bool, message: String },
-    Data(DataOut),
-}
-
-enum DataOut {
-    Missing,
-    Values { values: SubjectMap<f64>, duplicate: bool, not_float: bool },
-    Type(String),
-    /// `result` before `resultType` (the type, when it came).
-    Unordered(String),
-}
-
-/// The top level: `{"status", "data", "errorType", "error", "warnings"...}`.
-struct Top<'a> {
+/// Reads the result of an instant query: a vector or a scalar (one subject with empty label
+/// values).
+struct Instant<'a> {
     names: &'a [String],
     interner: &'a mut SubjectInterner,
-    hint: Option<&'a str>,
 }
 
-impl<'de> DeserializeSeed<'de> for Top<'_> {
-    type Value = TopOut;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TopOut, D::Error> {
-        d.deserialize_map(self)
+impl<'de> ResultReader<'de> for Instant<'_> {
+    type Out = Read;
+    fn takes(&self, result_type: &str) -> bool {
+        matches!(result_type, "vector" | "scalar")
     }
-}
-
-impl<'de> Visitor<'de> for Top<'_> {
-    type Value = TopOut;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a Prometheus API answer")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopOut, A::Error> {
-        let (mut status, mut error_type, mut error, mut data) = (None, None, None, DataOut::Missing);
-        let Top { names, interner, hint } = self;
-        while let Some(CowStr(key)) = map.next_key()? {
-            match key.as_ref() {
-                "status" => status = Some(map.next_value::<CowStr<'_>>()?.0),
-                "errorType" => error_type = Some(map.next_value::<CowStr<'_>>()?.0),
-                "error" => error = Some(map.next_value::<CowStr<'_>>()?.0),
-                "data" => data = map.next_value_seed(Data { names, interner: &mut *interner, hint })?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+    fn read<A: MapAccess<'de>>(&mut self, result_type: &str, map: &mut A) -> Result<Read, A::Error> {
+        let Instant { names, interner } = self;
+        if result_type == "vector" {
+            return map.next_value_seed(Vector { names, interner });
         }
-        match status.as_deref() {
-            Some("success") => Ok(TopOut::Data(data)),
-            Some("error") => Ok(TopOut::Failed {
-                timeout: error_type.as_deref() == Some("timeout"),
-                message: error.map(Cow::into_owned).unwrap_or_default(),
-            }),
-            other => Err(de::Error::custom(format!("unexpected status {other:?}"))),
-        }
-    }
-}
-
-/// `data`: `{"resultType", "result"}`.
-struct Data<'a> {
-    names: &'a [String],
-    interner: &'a mut SubjectInterner,
-    hint: Option<&'a str>,
-}
-
-impl<'de> DeserializeSeed<'de> for Data<'_> {
-    type Value = DataOut;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<DataOut, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Data<'_> {
-    type Value = DataOut;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the answer's data")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DataOut, A::Error> {
-        let Data { names, interner, hint } = self;
-        let mut result_type: Option<Cow<'_, str>> = hint.map(Cow::Borrowed);
-        let mut out = DataOut::Missing;
-        let mut unordered = false;
-        while let Some(CowStr(key)) = map.next_key()? {
-            match key.as_ref() {
-                "resultType" => {
-                    let t = map.next_value::<CowStr<'_>>()?.0;
-                    result_type.get_or_insert(t);
-                }
-                "result" => match result_type.as_deref() {
-                    Some("vector") => out = map.next_value_seed(Vector { names, interner: &mut *interner })?,
-                    Some("scalar") => {
-                        let (_, v): (f64, CowStr<'_>) = map.next_value()?;
-                        let subject = interner.intern(names, &vec![None; names.len()]);
-                        out = DataOut::Values { values: SubjectMap::from_iter([(subject, parse_value(&v.0)?)]), duplicate: false, not_float: false };
-                    }
-                    Some(other) => {
-                        map.next_value::<IgnoredAny>()?;
-                        out = DataOut::Type(other.to_string());
-                    }
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                        unordered = true;
-                    }
-                },
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        match (unordered, result_type) {
-            (true, Some(t)) => Ok(DataOut::Unordered(t.into_owned())),
-            (true, None) => Err(de::Error::custom("no data.resultType")),
-            (false, _) => Ok(out),
-        }
+        let (_, v): (f64, CowStr<'_>) = map.next_value()?;
+        let subject = interner.intern(names, &vec![None; names.len()]);
+        Ok(Read { values: SubjectMap::from_iter([(subject, parse_value(&v.0)?)]), duplicate: false, not_float: false })
     }
 }
 
@@ -359,18 +268,18 @@ struct Vector<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for Vector<'_> {
-    type Value = DataOut;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<DataOut, D::Error> {
+    type Value = Read;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Read, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for Vector<'_> {
-    type Value = DataOut;
+    type Value = Read;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a list of series")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<DataOut, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Read, A::Error> {
         let capacity = seq.size_hint().unwrap_or(0).max(self.interner.expected_len());
         let mut values = SubjectMap::with_capacity_and_hasher(capacity, Default::default());
         let (mut duplicate, mut not_float) = (false, false);
@@ -385,7 +294,7 @@ impl<'de> Visitor<'de> for Vector<'_> {
             let subject = self.interner.intern(self.names, &labels);
             duplicate |= values.insert(subject, value).is_some();
         }
-        Ok(DataOut::Values { values, duplicate, not_float })
+        Ok(Read { values, duplicate, not_float })
     }
 }
 
@@ -621,5 +530,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_first_answer_is_sized_from_its_body_and_later_ones_from_the_last() {
+        let names = labels();
+        let body = |n: usize| {
+            let series: Vec<String> = (0..n).map(|i| format!(r#"{{"metric":{{"service":"s{i}"}},"value":[1,"1"]}}"#)).collect();
+            format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, series.join(","))
+        };
+        let mut interner = SubjectInterner::default();
+        interner.begin_answer("q");
+        assert_eq!(interner.expected_len(), 0, "nothing known before the body");
+        let first = values(parse_instant(body(300).as_bytes(), &names, &mut interner).expect("JSON"));
+        assert_eq!(interner.expected_len(), 300, "one series per \"metric\" key");
+        assert!(first.capacity() >= 300 && first.len() == 300);
+        interner.end_answer();
+        interner.begin_answer("q");
+        assert_eq!(interner.expected_len(), 300, "the last answer's size");
+        parse_instant(body(5).as_bytes(), &names, &mut interner).expect("JSON");
+        interner.end_answer();
+        interner.begin_answer("other");
+        assert_eq!(interner.expected_len(), 0, "another query starts unsized");
     }
 }

@@ -8,13 +8,13 @@
 //!
 //! It must not decide what a value means (NaN and ±Inf pass through) or do I/O.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::keyed::{parse_value, CowStr};
+use super::answer::{self, CowStr, Envelope, ResultReader};
+use super::keyed::parse_value;
 use super::{column_value, grid_index, grid_len, RangeColumn, ABSENT};
 use crate::engine::Ts;
 
@@ -73,132 +73,30 @@ pub enum MatrixAnswer {
 
 /// Parses a range-query answer into `into`. `Err` is a body that is not the API's JSON.
 pub fn parse_matrix(body: &[u8], into: &mut Columns) -> Result<MatrixAnswer, serde_json::Error> {
-    let mut hint = None;
-    loop {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let top = Top { into: &mut *into, hint: hint.as_deref() }.deserialize(&mut de)?;
-        de.end()?;
-        return Ok(match top {
-            TopOut::Failed { timeout, message } => MatrixAnswer::Failed { timeout, message },
-            // `result` came before `resultType`: parse again, knowing the type.
-            TopOut::Data(DataOut::Unordered(t)) if hint.is_none() => {
-                hint = Some(t);
-                continue;
-            }
-            TopOut::Data(DataOut::Matrix { not_float: false }) => MatrixAnswer::Matrix,
-            TopOut::Data(DataOut::Matrix { not_float: true }) => MatrixAnswer::NotFloat,
-            TopOut::Data(DataOut::Type(t) | DataOut::Unordered(t)) => MatrixAnswer::Type(t),
-            TopOut::Data(DataOut::Missing) => return Err(de::Error::custom("no data.result in a successful answer")),
-        });
-    }
+    Ok(match answer::parse(body, &mut Range { into })? {
+        Envelope::Failed { timeout, message } => MatrixAnswer::Failed { timeout, message },
+        Envelope::Result(NotFloat(false)) => MatrixAnswer::Matrix,
+        Envelope::Result(NotFloat(true)) => MatrixAnswer::NotFloat,
+        Envelope::Type(t) => MatrixAnswer::Type(t),
+        Envelope::Missing => return Err(de::Error::custom("no data.result in a successful answer")),
+    })
 }
 
-enum TopOut {
-    Failed { timeout: bool, message: String },
-    Data(DataOut),
-}
+/// Whether a series of a matrix had no float samples.
+struct NotFloat(bool);
 
-enum DataOut {
-    Missing,
-    Matrix { not_float: bool },
-    Type(String),
-    /// `result` before `resultType` (the type, when it came).
-    Unordered(String),
-}
-
-/// The top level: `{"status", "data", "errorType", "error", "warnings"...}`.
-struct Top<'a> {
+/// Reads the result of a range query: a matrix, into the columns.
+struct Range<'a> {
     into: &'a mut Columns,
-    hint: Option<&'a str>,
 }
 
-impl<'de> DeserializeSeed<'de> for Top<'_> {
-    type Value = TopOut;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TopOut, D::Error> {
-        d.deserialize_map(self)
+impl<'de> ResultReader<'de> for Range<'_> {
+    type Out = NotFloat;
+    fn takes(&self, result_type: &str) -> bool {
+        result_type == "matrix"
     }
-}
-
-impl<'de> Visitor<'de> for Top<'_> {
-    type Value = TopOut;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a Prometheus API answer")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopOut, A::Error> {
-        let (mut status, mut error_type, mut error, mut data) = (None, None, None, DataOut::Missing);
-        let Top { into, hint } = self;
-        while let Some(CowStr(key)) = map.next_key()? {
-            match key.as_ref() {
-                "status" => status = Some(map.next_value::<CowStr<'_>>()?.0),
-                "errorType" => error_type = Some(map.next_value::<CowStr<'_>>()?.0),
-                "error" => error = Some(map.next_value::<CowStr<'_>>()?.0),
-                "data" => data = map.next_value_seed(Data { into: &mut *into, hint })?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        match status.as_deref() {
-            Some("success") => Ok(TopOut::Data(data)),
-            Some("error") => Ok(TopOut::Failed {
-                timeout: error_type.as_deref() == Some("timeout"),
-                message: error.map(Cow::into_owned).unwrap_or_default(),
-            }),
-            other => Err(de::Error::custom(format!("unexpected status {other:?}"))),
-        }
-    }
-}
-
-/// `data`: `{"resultType", "result"}`.
-struct Data<'a> {
-    into: &'a mut Columns,
-    hint: Option<&'a str>,
-}
-
-impl<'de> DeserializeSeed<'de> for Data<'_> {
-    type Value = DataOut;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<DataOut, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Data<'_> {
-    type Value = DataOut;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the answer's data")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DataOut, A::Error> {
-        let Data { into, hint } = self;
-        let mut result_type: Option<Cow<'_, str>> = hint.map(Cow::Borrowed);
-        let mut out = DataOut::Missing;
-        let mut unordered = false;
-        while let Some(CowStr(key)) = map.next_key()? {
-            match key.as_ref() {
-                "resultType" => {
-                    let t = map.next_value::<CowStr<'_>>()?.0;
-                    result_type.get_or_insert(t);
-                }
-                "result" => match result_type.as_deref() {
-                    Some("matrix") => out = map.next_value_seed(Matrix { into: &mut *into })?,
-                    Some(other) => {
-                        map.next_value::<IgnoredAny>()?;
-                        out = DataOut::Type(other.to_string());
-                    }
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                        unordered = true;
-                    }
-                },
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        match (unordered, result_type) {
-            (true, Some(t)) => Ok(DataOut::Unordered(t.into_owned())),
-            (true, None) => Err(de::Error::custom("no data.resultType")),
-            (false, _) => Ok(out),
-        }
+    fn read<A: MapAccess<'de>>(&mut self, _: &str, map: &mut A) -> Result<NotFloat, A::Error> {
+        map.next_value_seed(Matrix { into: &mut *self.into })
     }
 }
 
@@ -208,18 +106,18 @@ struct Matrix<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for Matrix<'_> {
-    type Value = DataOut;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<DataOut, D::Error> {
+    type Value = NotFloat;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<NotFloat, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for Matrix<'_> {
-    type Value = DataOut;
+    type Value = NotFloat;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a list of series")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<DataOut, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NotFloat, A::Error> {
         let mut not_float = false;
         loop {
             self.into.points.clear();
@@ -229,7 +127,7 @@ impl<'de> Visitor<'de> for Matrix<'_> {
                 None => not_float = true,
             }
         }
-        Ok(DataOut::Matrix { not_float })
+        Ok(NotFloat(not_float))
     }
 }
 

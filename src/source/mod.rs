@@ -16,6 +16,7 @@ use std::future::Future;
 
 use crate::engine::{Subject, SubjectMap, Ts};
 
+mod answer;
 pub mod keyed;
 pub mod matrix;
 pub mod prometheus;

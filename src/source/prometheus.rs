@@ -23,6 +23,12 @@ use crate::config::daemon::{Auth, PrometheusConfig};
 use crate::engine::{SubjectMap, Ts};
 
 /// Prometheus rejects a range query whose result would exceed 11,000 points per series;
+/// The first allocation for an answer's body when its length is not announced (Prometheus
+/// streams answers chunked): a small answer fits, a large one grows by doubling.
+const BODY_START: usize = 16 * 1024;
+/// An announced `Content-Length` is trusted for the first allocation only up to this much.
+const BODY_START_MAX: usize = 8 * 1024 * 1024;
+
 /// [`PrometheusSource::range`] splits longer ranges into chunks of at most this many steps.
 pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
 
@@ -179,6 +185,21 @@ impl PrometheusSource {
         }
     }
 
+    /// The body of a raw answer that must be the API's JSON (an error answer included).
+    ///
+    /// The body is copied out chunk by chunk into one buffer. Each chunk is dropped before the
+    /// next is read, so hyper reuses its read buffer and the answer is held once; with
+    /// `Response::bytes` every chunk stays alive until the end and is then copied again, which
+    /// at 10,000 series held the answer three times over.
+    async fn json_body(&self, response: Result<reqwest::Response, PromError>) -> Result<Vec<u8>, SourceError> {
+        let mut response = self.json_response(response)?;
+        let mut body = Vec::with_capacity(response.content_length().map_or(BODY_START, |n| (n as usize).min(BODY_START_MAX)));
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.map_reqwest(&e))? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     /// A raw answer that must be the API's JSON (an error answer included).
     fn json_response(&self, response: Result<reqwest::Response, PromError>) -> Result<reqwest::Response, SourceError> {
         let response = response.map_err(|e| self.map_err(e))?;
@@ -196,16 +217,18 @@ impl PrometheusSource {
         Ok(response)
     }
 
-    /// One request of a range query (at most [`MAX_POINTS_PER_SERIES`] steps), parsed into `into`.
-    async fn range_chunk_into(&self, query: &str, start: Ts, end: Ts, step_ms: i64, into: &mut matrix::Columns) -> Result<(), SourceError> {
+    /// One request of a range query (counted in `queries`); `start` and `end` in whole seconds.
+    fn range_request(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> prometheus_http_query::RangeQueryBuilder {
         self.queries.fetch_add(1, Ordering::Relaxed);
-        let response = self
-            .client
+        self.client
             .query_range(query, start.div_euclid(1000), end.div_euclid(1000), step_ms as f64 / 1000.0)
             .timeout(self.timeout_ms().min(i64::MAX as u64) as i64)
-            .get_raw()
-            .await;
-        let body = self.json_response(response)?.bytes().await.map_err(|e| self.map_reqwest(&e))?;
+    }
+
+    /// One request of a range query (at most [`MAX_POINTS_PER_SERIES`] steps), parsed into `into`.
+    async fn range_chunk_into(&self, query: &str, start: Ts, end: Ts, step_ms: i64, into: &mut matrix::Columns) -> Result<(), SourceError> {
+        let response = self.range_request(query, start, end, step_ms).get_raw().await;
+        let body = self.json_body(response).await?;
         let url = &self.url;
         let not_float = |detail: &dyn std::fmt::Display| {
             SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {detail}; {HISTOGRAM_HINT}"))
@@ -221,14 +244,7 @@ impl PrometheusSource {
     }
 
     async fn range_chunk(&self, query: &str, start: Ts, end: Ts, step_ms: i64) -> Result<Vec<RangeSeries>, SourceError> {
-        self.queries.fetch_add(1, Ordering::Relaxed);
-        let result = self
-            .client
-            .query_range(query, start.div_euclid(1000), end.div_euclid(1000), step_ms as f64 / 1000.0)
-            .timeout(self.timeout_ms().min(i64::MAX as u64) as i64)
-            .get()
-            .await
-            .map_err(|e| self.map_err(e))?;
+        let result = self.range_request(query, start, end, step_ms).get().await.map_err(|e| self.map_err(e))?;
         match result.into_inner().0 {
             Data::Matrix(m) => Ok(m
                 .into_iter()
@@ -305,7 +321,7 @@ impl MetricsSource for PrometheusSource {
     ) -> Result<SubjectMap<f64>, SourceError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let response = self.client.query(query).query("time", api_time(at)).timeout(self.timeout_ms().min(i64::MAX as u64) as i64).get_raw().await;
-        let body = self.json_response(response)?.bytes().await.map_err(|e| self.map_reqwest(&e))?;
+        let body = self.json_body(response).await?;
         let url = &self.url;
         let not_float = |detail: &dyn std::fmt::Display| {
             SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {detail}; {HISTOGRAM_HINT}"))

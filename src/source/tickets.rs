@@ -43,7 +43,19 @@ pub const DEFAULT_RETRY_AFTER_MS: Ts = 60_000;
 /// The median of the values that are not NaN (the mean of the middle two for an even count);
 /// `None` when there are none.
 pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
+    median_in_place(&mut values.into_iter().collect::<Vec<f64>>())
+}
+
+/// [`median`] of a slice it may reorder, without allocating.
+pub fn median_in_place(values: &mut [f64]) -> Option<f64> {
+    let mut n = 0;
+    for i in 0..values.len() {
+        if !values[i].is_nan() {
+            values.swap(n, i);
+            n += 1;
+        }
+    }
+    let v = &mut values[..n];
     if v.is_empty() {
         return None;
     }
@@ -226,7 +238,7 @@ impl<M> TicketSourceClient<M> {
     /// Renders the request for `subject` and the window ending at `end`.
     fn job(&self, http: &HttpBackend, subject_index: usize, subject: &Subject, day: i64, end: Ts) -> Result<Job, SourceError> {
         let start = end - self.window_ms;
-        let labels: BTreeMap<String, Value> = subject.labels().iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
+        let labels: BTreeMap<String, Value> = subject.labels().map(|(k, v)| (k.to_string(), Value::from(v))).collect();
         let ctx: BTreeMap<&str, Value> = BTreeMap::from([
             ("subject", Value::from(labels)),
             ("start", Value::from(rfc3339(start))),
@@ -406,13 +418,15 @@ impl<M: MetricsSource> TicketSourceClient<M> {
     /// moment, every poll.
     async fn prometheus_counts(&self, metrics: &M, query: &str, subject_labels: &[String], at: Ts, interner: &mut SubjectInterner) -> Result<TicketCounts, SourceError> {
         let tickets = metrics.instant_keyed(query, at, subject_labels, interner).await?;
-        let mut days: SubjectMap<Vec<f64>> = SubjectMap::default();
+        // A day without a value is NaN, which `median` skips. Inline arrays, not a `Vec` per
+        // subject: 10,000 small allocations at every poll fragment the heap for good.
+        let mut days: SubjectMap<[f64; 7]> = SubjectMap::with_capacity_and_hasher(tickets.len(), Default::default());
         for k in 1..=7 {
             for (s, v) in metrics.instant_keyed(query, at - k * DAY_MS, subject_labels, interner).await? {
-                days.entry(s).or_default().push(v);
+                days.entry(s).or_insert([f64::NAN; 7])[k as usize - 1] = v;
             }
         }
-        let baseline: SubjectMap<f64> = days.into_iter().filter_map(|(s, v)| median(v).map(|m| (s, m))).collect();
+        let baseline: SubjectMap<f64> = days.into_iter().filter_map(|(s, mut v)| median_in_place(&mut v).map(|m| (s, m))).collect();
         Ok(TicketCounts { tickets: tickets.into(), baseline: baseline.into() })
     }
 }
@@ -463,6 +477,9 @@ mod tests {
         assert_eq!(median([f64::NAN, 6.0]), Some(6.0));
         assert_eq!(median(Vec::new()), None);
         assert_eq!(median([f64::NAN]), None);
+        assert_eq!(median([-f64::NAN, 2.0, f64::NAN, 4.0]), Some(3.0), "a negative NaN is a missing day too");
+        let mut days = [f64::NAN, 9.0, 1.0, f64::NAN, 5.0, f64::NAN, f64::NAN];
+        assert_eq!(median_in_place(&mut days), Some(5.0));
     }
 
     #[test]

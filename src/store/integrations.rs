@@ -140,7 +140,7 @@ impl Store {
                 "INSERT INTO status_page_links (page, sp_incident_id, incident_id, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             )?;
             for k in &x.links {
-                l.execute(params![k.page, k.sp_incident_id, k.incident_id, crate::daemon::now_ms()])?;
+                l.execute(params![k.page, k.sp_incident_id, k.incident_id, crate::rehearsal::now_ms()])?;
             }
             for (incident, at, data) in &x.drafts {
                 tx.execute(
@@ -269,7 +269,7 @@ impl Store {
         tx.execute("UPDATE publications SET sp_incident_id = ?2 WHERE id = ?1", params![id, link.sp_incident_id])?;
         tx.execute(
             "INSERT INTO status_page_links (page, sp_incident_id, incident_id, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-            params![link.page, link.sp_incident_id, link.incident_id, crate::daemon::now_ms()],
+            params![link.page, link.sp_incident_id, link.incident_id, crate::rehearsal::now_ms()],
         )?;
         tx.commit()?;
         Ok(())

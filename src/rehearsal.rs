@@ -1,7 +1,7 @@
 //! Rehearsal mode for `herald gameday`: an accelerated clock and the "[GAME DAY]" marker.
 //!
 //! A game day runs the real daemon (rules, incidents, API, delivery worker) in its own process.
-//! With `--speed N`, the daemon's clock ([`super::now_ms`]) runs N times faster than the wall
+//! With `--speed N`, the daemon's clock ([`now_ms`]) runs N times faster than the wall
 //! clock from the moment the game day starts, and group intervals are divided by N in real
 //! time, so `for`, incident ages and targets play out in minutes of scenario time while the
 //! participants' API events are stamped on the same clock. Set once per process, before the
