@@ -323,7 +323,11 @@ fn incidents_survive_restarts_and_kill_9() {
     let mut d = setup.start();
     let v = d.get("/api/v1/incidents/INC-1").json();
     assert_eq!((v["public_updates"].as_i64(), v["open"].as_bool()), (Some(1), Some(true)), "{v}");
-    assert_eq!(v["events"].as_array().unwrap().len(), 2);
+    // The two events posted before the restart survive it. On a loaded machine the restart can
+    // take longer than AckOverdue's 1s, so Herald's own entries may follow them (regression:
+    // this asserted exactly two events and failed in CI under load).
+    let people: Vec<&str> = v["events"].as_array().unwrap().iter().filter(|e| e["source"] == "person").map(|e| e["type"].as_str().unwrap_or("")).collect();
+    assert_eq!(people, ["declare", "public_update"], "{v}");
     assert_eq!(d.post("/api/v1/incidents", r#"{"subject": {"service": "checkout"}, "severity": "critical"}"#).status, 409, "still open");
     let r = d.post("/api/v1/incidents", r#"{"subject": {"service": "search"}, "severity": "warning"}"#);
     assert_eq!((r.status, r.json()["id"].as_str()), (201, Some("INC-2")), "ids continue after a restart");
