@@ -155,7 +155,5 @@ pub enum DaemonError {
     Http(std::io::Error),
 }
 
-/// Unix milliseconds now: the wall clock, or a game day's accelerated clock ([`crate::rehearsal`]).
-pub fn now_ms() -> Ts {
-    crate::rehearsal::now_ms()
-}
+/// The daemon's clock (one clock: [`crate::rehearsal`] owns it), here beside what it times.
+pub use crate::rehearsal::now_ms;

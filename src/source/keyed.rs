@@ -84,13 +84,6 @@ impl SubjectInterner {
         }
     }
 
-    /// The answer is parsed again from its first series.
-    pub fn restart_answer(&mut self) {
-        if let Some((_, _, order)) = &mut self.answer {
-            order.clear();
-        }
-    }
-
     /// The answer is parsed (or failed): its order is kept for the query's next answer.
     pub fn end_answer(&mut self) {
         if let Some((query, _, order)) = self.answer.take() {
@@ -190,7 +183,6 @@ pub fn parse_instant(body: &[u8], subject_labels: &[String], interner: &mut Subj
         let keys = body.windows(8).filter(|w| w == b"\"metric\"").count();
         interner.expect_len(keys.min(body.len() / 20));
     }
-    interner.restart_answer();
     let mut reader = Instant { names: subject_labels, interner };
     Ok(match answer::parse(body, &mut reader)? {
         Envelope::Failed { timeout, message } => Answer::Failed { timeout, message },

@@ -23,14 +23,14 @@ use crate::config::daemon::{Auth, PrometheusConfig};
 use crate::engine::{SubjectMap, Ts};
 
 /// Prometheus rejects a range query whose result would exceed 11,000 points per series;
+/// [`PrometheusSource::range`] splits longer ranges into chunks of at most this many steps.
+pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
 /// The first allocation for an answer's body when its length is not announced (Prometheus
 /// streams answers chunked): a small answer fits, a large one grows by doubling.
 const BODY_START: usize = 16 * 1024;
 /// An announced `Content-Length` is trusted for the first allocation only up to this much.
 const BODY_START_MAX: usize = 8 * 1024 * 1024;
-
-/// [`PrometheusSource::range`] splits longer ranges into chunks of at most this many steps.
-pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
 
 /// A [`MetricsSource`] backed by the Prometheus HTTP API (`/api/v1/query`, `/api/v1/query_range`).
 pub struct PrometheusSource {
