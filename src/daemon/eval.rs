@@ -41,6 +41,9 @@ pub struct SignalCache {
     subjects: SubjectInterner,
     /// The `herald_ticket_ratio` last exported per subject.
     ticket_ratio: crate::engine::SubjectMap<f64>,
+    /// Per ticket source, the counts last exported: counts are kept between polls, so the
+    /// export walks them only when the source answered anew.
+    ticket_counts_exported: HashMap<String, Arc<crate::engine::SubjectMap<f64>>>,
 }
 
 /// Evaluations in a row a rule may be unknown for every subject before a warning is logged.
@@ -169,8 +172,13 @@ pub async fn evaluate_group_once<S: MetricsSource>(
             match result {
                 Ok(counts) => {
                     // Counts are cached between polls: only a ratio that moved is exported
-                    // again (a subject's labels are scrubbed once per change, not per cycle).
-                    for (subject, n) in counts.tickets.iter() {
+                    // again (a subject's labels are scrubbed once per change, not per cycle),
+                    // and counts already exported are not walked again.
+                    let fresh = cache.ticket_counts_exported.get(name).is_none_or(|last| !Arc::ptr_eq(last, &counts.tickets));
+                    if fresh {
+                        cache.ticket_counts_exported.insert(name.to_string(), counts.tickets.clone());
+                    }
+                    for (subject, n) in counts.tickets.iter().filter(|_| fresh) {
                         if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
                             let ratio = n / b;
                             if cache.ticket_ratio.insert(subject.clone(), ratio) != Some(ratio) {

@@ -437,60 +437,90 @@ impl Engine {
         let mut maps: Vec<SubjectMap<Instance>> =
             group.rules.iter().map(|r| state.instances.remove(&r.name).unwrap_or_default()).collect();
 
-        // The subjects: every series, every live instance, every incident with these labels.
-        // Deduplicate through a set first: the same subjects appear in every signal.
-        let mut seen: std::collections::HashSet<&Subject, BuildSubjectHasher> = Default::default();
-        seen.reserve(input.slots.iter().filter_map(|s| s.keyed().map(|m| m.len())).max().unwrap_or(0));
-        for slot in &input.slots {
-            if let Some(m) = slot.keyed() {
-                seen.extend(m.keys());
-            }
-        }
-        for m in &maps {
-            seen.extend(m.keys());
-        }
-        seen.extend(state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels)));
-        out.subjects = seen.len();
         let mut values: Vec<Option<f64>> = vec![None; group.slots.len()];
         let mut started: Vec<usize> = Vec::new();
         let mut changed: Vec<(usize, Phase, Phase, Ts)> = Vec::new();
-        let mut label_values: Vec<&str> = Vec::with_capacity(group.subject_labels.len());
         let rule_slots: Vec<Vec<usize>> = group.rules.iter().map(|r| r.when.signals()).collect();
+        // Conditions false without an open incident are not evaluated for subjects without one
+        // (most of them); subject labels are read only if a condition reads them.
+        let needs_open: Vec<bool> = group.rules.iter().map(|r| r.when.requires_open_incident()).collect();
+        let reads_labels = group.rules.iter().any(|r| r.when.reads_subject_labels());
         out.unknown_by_rule = vec![[0; 4]; group.rules.len()];
         let n_rules = group.rules.len();
+        // Subjects with a live instance of any rule: one lookup per subject, not one per rule.
+        let instanced: std::collections::HashSet<&Subject, BuildSubjectHasher> = maps.iter().flat_map(|m| m.keys()).collect();
 
         // Pass 1, in any order: decide every rule for every subject against the state as it was
         // before this step (a subject's conditions read only its own incidents), count the
         // unknowns, and keep the subjects with something to do: a rule true, an instance to
         // step, or an open incident to follow. Usually a small share of them.
+        //
+        // The subjects are those of every keyed signal, every live instance, and every incident
+        // with these labels, each visited once. Signals usually name the same subjects, so the
+        // largest one's are visited first, counting per slot how many of them it names: a slot
+        // that named as many as it has names no other, and its keys are never walked again.
+        let mut keyed: Vec<(usize, &SubjectMap<f64>)> = input.slots.iter().enumerate().filter_map(|(i, s)| s.keyed().map(|m| (i, m))).collect();
+        keyed.sort_by_key(|(_, m)| std::cmp::Reverse(m.len()));
+        let mut hits = vec![0usize; group.slots.len()];
         let mut active: Vec<(Subject, usize)> = Vec::new();
         let mut all_truths: Vec<Truth> = Vec::new();
         let mut truths: Vec<Truth> = vec![Truth::Unknown; n_rules];
-        for &subject in &seen {
-            for (slot, v) in input.slots.iter().zip(values.iter_mut()) {
-                *v = slot.get(subject).filter(|x| !x.is_nan());
+        let mut visit = |subject: &Subject, hits: &mut [usize]| {
+            for ((slot, v), h) in input.slots.iter().zip(values.iter_mut()).zip(hits.iter_mut()) {
+                let (value, named) = match slot {
+                    SlotValues::Series(m) => m.get(subject).map_or((None, false), |v| (Some(*v), true)),
+                    SlotValues::SeriesOr { values, otherwise } => values.get(subject).map_or((Some(*otherwise), false), |v| (Some(*v), true)),
+                    SlotValues::Constant(c) => (Some(*c), false),
+                    SlotValues::Unavailable(_) => (None, false),
+                };
+                *h += usize::from(named);
+                *v = value.filter(|x| !x.is_nan());
             }
-            label_values.clear();
-            label_values.extend(group.subject_labels.iter().map(|l| subject.get(l).unwrap_or("")));
+            // (No allocation unless a condition reads a label.)
+            let label_values: Vec<&str> =
+                if reads_labels { group.subject_labels.iter().map(|l| subject.get(l).unwrap_or("")).collect() } else { Vec::new() };
             let view = state.view(subject, now);
             let ctx = Ctx { signals: &values, subject: &label_values, incident: &view, now: now as f64 / 1000.0 };
-            let mut busy = view.open;
+            let mut busy = view.open || (!instanced.is_empty() && instanced.contains(subject));
             for (ri, rule) in group.rules.iter().enumerate() {
-                let truth = rule.when.truth(&ctx);
+                let truth = if needs_open[ri] && !view.open { Truth::False } else { rule.when.truth(&ctx) };
                 truths[ri] = truth;
                 if truth == Truth::Unknown {
                     out.unknown += 1;
                     out.unknown_by_rule[ri][UnknownReason::of(&rule_slots[ri], input, subject) as usize] += 1;
                 }
-                busy = busy || truth == Truth::True || (!maps[ri].is_empty() && maps[ri].contains_key(subject));
+                busy |= truth == Truth::True;
             }
             if busy {
                 active.push((subject.clone(), all_truths.len()));
                 all_truths.extend_from_slice(&truths);
             }
+        };
+        let mut visited = 0;
+        if let Some(&(_, primary)) = keyed.first() {
+            for subject in primary.keys() {
+                visit(subject, &mut hits);
+            }
+            visited = primary.len();
         }
+        // Subjects the largest signal does not name: usually none.
+        let in_keyed = |s: &Subject| keyed.iter().any(|(_, m)| m.contains_key(s));
+        let mut extra: std::collections::HashSet<&Subject, BuildSubjectHasher> = Default::default();
+        for &(slot, m) in keyed.iter().skip(1) {
+            if hits[slot] < m.len() {
+                extra.extend(m.keys().filter(|s| !keyed[0].1.contains_key(*s)));
+            }
+        }
+        extra.extend(maps.iter().flat_map(|m| m.keys()).filter(|s| !in_keyed(s)));
+        extra.extend(state.incidents.keys().filter(|s| s.has_label_names(&group.subject_labels) && !in_keyed(s)));
+        let mut ignored = vec![0usize; group.slots.len()];
+        for subject in &extra {
+            visit(subject, &mut ignored);
+        }
+        out.subjects = visited + extra.len();
         // Pass 2, in subject order (so output and incident ids are stable): step the busy ones.
-        drop(seen);
+        drop(extra);
+        drop(instanced);
         active.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
         for (subject, at) in &active {

@@ -321,6 +321,24 @@ impl Expr {
         out
     }
 
+    /// Whether the condition reads a subject label (`subject.x`).
+    pub fn reads_subject_labels(&self) -> bool {
+        let mut reads = false;
+        self.walk(&mut |e| reads |= matches!(e, Expr::SubjectLabel(_)));
+        reads
+    }
+
+    /// Whether the condition is false whenever the subject has no open incident: `incident.open`
+    /// is one of its top-level `and` operands (`false and x` is false whatever `x`, unknown
+    /// included). The engine skips evaluating such a condition for the subjects without one.
+    pub fn requires_open_incident(&self) -> bool {
+        match self {
+            Expr::Incident(IncidentField::Open) => true,
+            Expr::And(a, b) => a.requires_open_incident() || b.requires_open_incident(),
+            _ => false,
+        }
+    }
+
     fn walk(&self, f: &mut dyn FnMut(&Expr)) {
         f(self);
         match self {

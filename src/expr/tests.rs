@@ -172,3 +172,26 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn requires_open_incident_only_where_no_incident_makes_it_false() {
+    let req = |src: &str| compile(src, &scope()).unwrap().requires_open_incident();
+    assert!(req("incident.open"));
+    assert!(req("incident.open and sli < objective"));
+    assert!(req("sli < objective and (tickets > 3 and incident.open)"));
+    assert!(!req("incident.open or sli < objective"));
+    assert!(!req("not incident.open"));
+    assert!(!req("incident.resolved and sli < objective"));
+    assert!(!req("(incident.open and sli < 1) or tickets > 3"));
+    // The claim the engine relies on: without an open incident such a condition is false,
+    // whatever the signals (absent, NaN-free values, division by zero).
+    for src in ["incident.open and sli < objective", "sli / 0 > 1 and incident.open", "tickets > 3 and incident.open and sli is defined"] {
+        assert!(req(src));
+        for s in [[None, None, None], [Some(0.5), Some(0.999), Some(12.0)], [Some(1.0), None, Some(0.0)]] {
+            assert_eq!(t(src, &s), Truth::False, "{src} with {s:?}");
+        }
+    }
+    let labels = |src: &str| compile(src, &scope()).unwrap().reads_subject_labels();
+    assert!(labels("sli < 1 or subject.service == 'checkout'"));
+    assert!(!labels("sli < objective and incident.open"));
+}

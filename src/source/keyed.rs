@@ -19,6 +19,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 
 use super::answer::{self, CowStr, Envelope, ResultReader};
+use super::compact;
 use super::{key_by_subject, Sample, SourceError};
 use crate::engine::{Subject, SubjectMap};
 
@@ -81,6 +82,14 @@ impl SubjectInterner {
         self.expected = n;
         if let Some((_, _, order)) = &mut self.answer {
             order.reserve(n);
+        }
+    }
+
+    /// The answer being parsed is read again from its start (the fast path gave up on it):
+    /// its order so far is dropped.
+    pub fn restart_answer(&mut self) {
+        if let Some((_, _, order)) = &mut self.answer {
+            order.clear();
         }
     }
 
@@ -177,24 +186,67 @@ pub enum Answer {
 /// Parses an instant-query answer (`/api/v1/query`) into values keyed by `subject_labels`.
 /// `Err` is a body that is not the API's JSON.
 pub fn parse_instant(body: &[u8], subject_labels: &[String], interner: &mut SubjectInterner) -> Result<Answer, serde_json::Error> {
+    size_first_answer(body, interner);
+    // Most answers are in the compact shape Prometheus writes: scanned without a JSON parser.
+    if let Some(read) = compact_read(body, subject_labels, interner) {
+        return answer_of(read, body, subject_labels);
+    }
+    parse_general(body, subject_labels, interner)
+}
+
+/// Sizes a query's first answer (later ones are sized from the last): each series has one
+/// `"metric"` key. A label value "metric" counts too, which only over-sizes a little; at
+/// least 20 bytes per series.
+fn size_first_answer(body: &[u8], interner: &mut SubjectInterner) {
     if interner.expected_len() == 0 {
-        // No last answer to size this one: each series has one `"metric"` key. A label value
-        // "metric" counts too, which only over-sizes a little; at least 20 bytes per series.
         let keys = body.windows(8).filter(|w| w == b"\"metric\"").count();
         interner.expect_len(keys.min(body.len() / 20));
     }
+}
+
+/// [`parse_instant`] without the fast path: any answer the API may give.
+fn parse_general(body: &[u8], subject_labels: &[String], interner: &mut SubjectInterner) -> Result<Answer, serde_json::Error> {
+    size_first_answer(body, interner);
     let mut reader = Instant { names: subject_labels, interner };
     Ok(match answer::parse(body, &mut reader)? {
         Envelope::Failed { timeout, message } => Answer::Failed { timeout, message },
-        Envelope::Result(Read { values, duplicate: false, not_float: false }) => Answer::Values(values),
-        Envelope::Result(Read { not_float: true, .. }) => Answer::NotFloat,
-        Envelope::Result(Read { duplicate: true, .. }) => match key_by_subject(&full_samples(body)?, subject_labels) {
-            Ok(values) => Answer::Values(values),
-            Err(e) => Answer::Error(e),
-        },
+        Envelope::Result(read) => return answer_of(read, body, subject_labels),
         Envelope::Type(t) => Answer::Type(t),
         Envelope::Missing => return Err(de::Error::custom("no data.result in a successful answer")),
     })
+}
+
+/// What a read result means: values, or the error for a histogram or a duplicated subject.
+fn answer_of(read: Read, body: &[u8], subject_labels: &[String]) -> Result<Answer, serde_json::Error> {
+    Ok(match read {
+        Read { values, duplicate: false, not_float: false } => Answer::Values(values),
+        Read { not_float: true, .. } => Answer::NotFloat,
+        Read { duplicate: true, .. } => match key_by_subject(&full_samples(body)?, subject_labels) {
+            Ok(values) => Answer::Values(values),
+            Err(e) => Answer::Error(e),
+        },
+    })
+}
+
+/// The fast path ([`compact`]): `None` when the body is not in the compact shape; then the
+/// answer's order is started over (subjects interned by the partial scan are reused by the
+/// general one).
+fn compact_read(body: &[u8], names: &[String], interner: &mut SubjectInterner) -> Option<Read> {
+    let body = std::str::from_utf8(body).ok()?;
+    let mut values = SubjectMap::with_capacity_and_hasher(interner.expected_len(), Default::default());
+    let mut duplicate = false;
+    let mut owned: Vec<Option<Cow<'_, str>>> = vec![None; names.len()];
+    let read = compact::scan_vector(body, names, &mut Vec::new(), |l, v| {
+        for (o, l) in owned.iter_mut().zip(l) {
+            *o = l.map(Cow::Borrowed);
+        }
+        duplicate |= values.insert(interner.intern(names, &owned), v).is_some();
+    });
+    if read.is_none() {
+        interner.restart_answer();
+        return None;
+    }
+    Some(Read { values, duplicate, not_float: false })
 }
 
 /// The general parse of a vector answer, every label kept (for error messages only).
@@ -544,5 +596,73 @@ mod tests {
         interner.end_answer();
         interner.begin_answer("other");
         assert_eq!(interner.expected_len(), 0, "another query starts unsized");
+    }
+
+    #[test]
+    fn a_fast_path_given_up_midway_leaves_no_trace_in_the_order() {
+        // The second series has an escaped value: the fast path interns the first, gives up,
+        // and the general parse reads the whole answer again.
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"service":"a"},"value":[1,"1"]},{"metric":{"service":"b\"c"},"value":[1,"2"]}]}}"#;
+        let mut interner = SubjectInterner::default();
+        interner.begin_answer("q");
+        let got = values(parse_instant(body.as_bytes(), &labels(), &mut interner).unwrap());
+        interner.end_answer();
+        assert_eq!(got.len(), 2);
+        let order: Vec<String> = interner.last_order["q"].iter().map(|s| s.get("service").unwrap().to_string()).collect();
+        assert_eq!(order, ["a", "b\"c"]);
+    }
+
+    mod fast_path {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A series as serde_json writes it: labels (names among a few, values with quotes,
+        /// backslashes, non-ASCII, control characters, the word "metric"), then a value.
+        fn series() -> impl Strategy<Value = (BTreeMap<String, String>, String)> {
+            let name = prop_oneof![Just("service"), Just("env"), Just("__name__"), Just("metric")];
+            let value = proptest::collection::vec(prop_oneof![Just("a"), Just("svc-1"), Just("\""), Just("\\"), Just("é"), Just("\n"), Just("metric"), Just("")], 0..4)
+                .prop_map(|parts| parts.concat());
+            let sample = prop_oneof![Just("NaN".to_string()), Just("+Inf".to_string()), Just("-Inf".to_string()), any::<f64>().prop_map(|f| f.to_string()), Just("1e-3".to_string())];
+            (proptest::collection::btree_map(name.prop_map(String::from), value, 0..4), sample)
+        }
+
+        fn json<T: serde::Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap()
+        }
+
+        fn same(a: &Answer, b: &Answer) -> bool {
+            match (a, b) {
+                (Answer::Values(x), Answer::Values(y)) => {
+                    x.len() == y.len() && x.iter().all(|(s, v)| y.get(s).is_some_and(|w| w == v || (w.is_nan() && v.is_nan())))
+                }
+                _ => a == b,
+            }
+        }
+
+        proptest! {
+            /// Whichever path reads an answer, the values, the errors and the interned order
+            /// are the same; and the compact shape Prometheus writes takes the fast path.
+            #[test]
+            fn fast_and_general_paths_agree(result in proptest::collection::vec(series(), 0..12), ts in prop_oneof![Just(1.5f64), Just(1.7e9), Just(0.0), Just(-2.25)]) {
+                // In Prometheus's key order, which serde_json's maps would sort.
+                let result: Vec<String> = result.iter().map(|(m, v)| format!(r#"{{"metric":{},"value":[{},{}]}}"#, json(m), json(&ts), json(v))).collect();
+                let body = format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, result.join(","));
+                let names = labels();
+                let (mut fast, mut general) = (SubjectInterner::default(), SubjectInterner::default());
+                fast.begin_answer("q");
+                general.begin_answer("q");
+                let a = parse_instant(body.as_bytes(), &names, &mut fast).unwrap();
+                let b = parse_general(body.as_bytes(), &names, &mut general).unwrap();
+                prop_assert!(same(&a, &b), "{a:?} vs {b:?} for {body}");
+                let escaped = body.contains('\\');
+                let mut probe = SubjectInterner::default();
+                probe.begin_answer("q");
+                prop_assert_eq!(compact_read(body.as_bytes(), &names, &mut probe).is_some(), !escaped, "{}", body);
+                fast.end_answer();
+                general.end_answer();
+                prop_assert_eq!(fast.last_order.get("q").map(|o| o.iter().map(|s| s.key().to_string()).collect::<Vec<_>>()),
+                    general.last_order.get("q").map(|o| o.iter().map(|s| s.key().to_string()).collect::<Vec<_>>()));
+            }
+        }
     }
 }

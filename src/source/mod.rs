@@ -17,6 +17,7 @@ use std::future::Future;
 use crate::engine::{Subject, SubjectMap, Ts};
 
 mod answer;
+mod compact;
 pub mod keyed;
 pub mod matrix;
 pub mod prometheus;
