@@ -470,3 +470,40 @@ fn many_subjects_open_incidents_in_subject_order() {
         subjects.iter().enumerate().filter(|(i, _)| breaching(*i)).enumerate().map(|(n, (_, s))| (s.clone(), format!("INC-{}", n + 1))).collect();
     assert_eq!(opened, expected, "ids are handed out in subject order, once `for` is met");
 }
+
+/// The subjects of a step are the union of every keyed signal's, every live instance's and
+/// every incident's with the group's labels, each decided exactly once: the largest signal's
+/// are visited first, the others only for what it does not name (including equal subjects
+/// built separately, which share no allocation).
+#[test]
+fn every_subject_is_decided_once_whoever_names_it() {
+    let set = rules(PACK);
+    let g = &set.groups[0];
+    let engine = Engine::new();
+    let mut st = State::default();
+    let s = |name: &str| Subject::new([("service", name)]);
+    let map = |pairs: &[(&str, f64)]| SlotValues::Series(std::sync::Arc::new(pairs.iter().map(|(n, v)| (s(n), *v)).collect()));
+    let mut inp = GroupInput::new(g);
+    // `a`..`c` healthy in the largest signal; `d` breaching, named only by the smaller ones;
+    // `e` named only by `security`.
+    inp.slots[g.slot("sli").unwrap()] = map(&[("a", 0.9999), ("b", 0.9999), ("c", 0.9999)]);
+    inp.slots[g.slot("affected_ratio").unwrap()] = map(&[("a", 0.0), ("d", 0.5)]);
+    inp.slots[g.slot("security").unwrap()] = map(&[("d", 0.0), ("e", 1.0)]);
+    let out = engine.evaluate_group(g, &inp, &mut st, 0);
+    assert_eq!(out.subjects, 5, "a, b, c, d, e");
+    // Activate is unknown for d (no sli) and e (neither); b and c are healthy whatever their
+    // affected_ratio (false and unknown is false).
+    assert_eq!(out.unknown_by_rule[0][UnknownReason::Absent as usize], 2);
+    assert_eq!(st.open_incident(&s("e")).map(|i| i.activating_rule.clone()), Some(Some("Legal".into())), "e's security signal opened an incident");
+
+    // Later, nothing names `e` any more, and a person declares one for `f`: both are still
+    // subjects (an open incident), once each.
+    st.apply_event(&s("f"), &Event::Declare { severity: Severity::Critical, security: false }, MIN).unwrap();
+    inp.slots[g.slot("security").unwrap()] = map(&[]);
+    let out = engine.evaluate_group(g, &inp, &mut st, 2 * MIN);
+    assert_eq!(out.subjects, 6, "a, b, c, d, e (its incident), f (its incident)");
+    // `Update` (needs an open incident, skipped for the others) fires for both after 5m.
+    let out = engine.evaluate_group(g, &inp, &mut st, 10 * MIN);
+    let fired: Vec<String> = out.decisions.iter().filter(|d| d.rule == "Update").map(|d| d.subject.get("service").unwrap().to_string()).collect();
+    assert_eq!(fired, ["e", "f"]);
+}
