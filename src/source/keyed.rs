@@ -51,6 +51,8 @@ pub struct SubjectInterner {
     answer: Option<(String, Vec<Subject>, Vec<Subject>)>,
     /// A size for the answer being parsed when there is no last one (see `expect_len`).
     expected: usize,
+    /// Per query: the length of its last answer's body (see [`SubjectInterner::body_hint`]).
+    body_lens: HashMap<String, usize>,
 }
 
 impl SubjectInterner {
@@ -100,6 +102,24 @@ impl SubjectInterner {
         }
     }
 
+    /// How long the body of `query`'s next answer is likely to be: its last one's, as noted
+    /// by [`SubjectInterner::note_body_len`] (0 if none). Answers are streamed without a
+    /// length, so the body's buffer is allocated once at about this size rather than grown
+    /// by doubling (which ends up to twice the answer, and copies it on the way).
+    pub fn body_hint(&self, query: &str) -> usize {
+        self.body_lens.get(query).copied().unwrap_or(0)
+    }
+
+    /// Notes the length of `query`'s answer body, for [`SubjectInterner::body_hint`].
+    pub fn note_body_len(&mut self, query: &str, len: usize) {
+        match self.body_lens.get_mut(query) {
+            Some(l) => *l = len,
+            None => {
+                self.body_lens.insert(query.to_string(), len);
+            }
+        }
+    }
+
     /// The subject with these label values (`values[i]` for `names[i]`; `None` is an empty
     /// value, as PromQL treats a missing label).
     pub fn intern(&mut self, names: &[String], values: &[Option<Cow<'_, str>>]) -> Subject {
@@ -119,6 +139,7 @@ impl SubjectInterner {
                 generation: self.generation,
                 answer,
                 expected: self.expected,
+                body_lens: std::mem::take(&mut self.body_lens),
                 ..SubjectInterner::default()
             };
         }
@@ -610,6 +631,19 @@ mod tests {
         assert_eq!(got.len(), 2);
         let order: Vec<String> = interner.last_order["q"].iter().map(|s| s.get("service").unwrap().to_string()).collect();
         assert_eq!(order, ["a", "b\"c"]);
+    }
+
+    #[test]
+    fn a_query_body_is_sized_from_its_last_one() {
+        let mut interner = SubjectInterner::default();
+        assert_eq!(interner.body_hint("q"), 0, "nothing known yet");
+        interner.note_body_len("q", 630_000);
+        interner.note_body_len("other", 10);
+        assert_eq!((interner.body_hint("q"), interner.body_hint("other")), (630_000, 10));
+        interner.note_body_len("q", 640_000);
+        // Another list of subject labels starts the subjects over, not the sizes.
+        interner.intern(&["team".to_string()], &[None]);
+        assert_eq!(interner.body_hint("q"), 640_000);
     }
 
     mod fast_path {

@@ -27,9 +27,10 @@ use crate::engine::{SubjectMap, Ts};
 pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
 
 /// The first allocation for an answer's body when its length is not announced (Prometheus
-/// streams answers chunked): a small answer fits, a large one grows by doubling.
+/// streams answers chunked) and the query has no last answer to size it: a small answer
+/// fits, a large one grows by doubling.
 const BODY_START: usize = 16 * 1024;
-/// An announced `Content-Length` is trusted for the first allocation only up to this much.
+/// An announced `Content-Length` or a hint is trusted for the first allocation only up to this much.
 const BODY_START_MAX: usize = 8 * 1024 * 1024;
 
 /// A [`MetricsSource`] backed by the Prometheus HTTP API (`/api/v1/query`, `/api/v1/query_range`).
@@ -191,9 +192,13 @@ impl PrometheusSource {
     /// next is read, so hyper reuses its read buffer and the answer is held once; with
     /// `Response::bytes` every chunk stays alive until the end and is then copied again, which
     /// at 10,000 series held the answer three times over.
-    async fn json_body(&self, response: Result<reqwest::Response, PromError>) -> Result<Vec<u8>, SourceError> {
+    ///
+    /// `hint` is the expected length when the answer does not announce one (the same query's
+    /// last answer, 0 if unknown): the buffer starts an eighth above it.
+    async fn json_body(&self, response: Result<reqwest::Response, PromError>, hint: usize) -> Result<Vec<u8>, SourceError> {
         let mut response = self.json_response(response)?;
-        let mut body = Vec::with_capacity(response.content_length().map_or(BODY_START, |n| (n as usize).min(BODY_START_MAX)));
+        let start = response.content_length().map_or(hint.saturating_add(hint / 8).max(BODY_START), |n| n as usize);
+        let mut body = Vec::with_capacity(start.min(BODY_START_MAX));
         while let Some(chunk) = response.chunk().await.map_err(|e| self.map_reqwest(&e))? {
             body.extend_from_slice(&chunk);
         }
@@ -228,7 +233,7 @@ impl PrometheusSource {
     /// One request of a range query (at most [`MAX_POINTS_PER_SERIES`] steps), parsed into `into`.
     async fn range_chunk_into(&self, query: &str, start: Ts, end: Ts, step_ms: i64, into: &mut matrix::Columns) -> Result<(), SourceError> {
         let response = self.range_request(query, start, end, step_ms).get_raw().await;
-        let body = self.json_body(response).await?;
+        let body = self.json_body(response, 0).await?;
         let url = &self.url;
         let not_float = |detail: &dyn std::fmt::Display| {
             SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {detail}; {HISTOGRAM_HINT}"))
@@ -321,7 +326,8 @@ impl MetricsSource for PrometheusSource {
     ) -> Result<SubjectMap<f64>, SourceError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let response = self.client.query(query).query("time", api_time(at)).timeout(self.timeout_ms().min(i64::MAX as u64) as i64).get_raw().await;
-        let body = self.json_body(response).await?;
+        let body = self.json_body(response, interner.body_hint(query)).await?;
+        interner.note_body_len(query, body.len());
         let url = &self.url;
         let not_float = |detail: &dyn std::fmt::Display| {
             SourceError::Response(format!("cannot parse the answer from Prometheus at {url}: {detail}; {HISTOGRAM_HINT}"))
