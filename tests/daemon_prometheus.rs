@@ -359,3 +359,36 @@ fn unknown_is_visible_and_a_rule_explains_itself() {
     assert_eq!(warnings.len(), 1, "logged once: {warnings:?}");
     assert!(warnings[0].contains("TypoRule") && warnings[0].contains("absent"), "{}", warnings[0]);
 }
+
+/// `herald_ticket_ratio` follows every poll of a ticket source, and only polls: between them
+/// the counts are the ones already exported and are not walked again (regression: the walk
+/// ran every evaluation over every subject).
+#[test]
+fn the_ticket_ratio_follows_each_poll() {
+    let exporter = Exporter::start();
+    exporter.set("test_tickets", &[("service", "checkout")], 12.0);
+    let prom = Prometheus::start(&[exporter.addr()], Duration::from_secs(1));
+    prom.wait_for("test_tickets", Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The week before has no `test_tickets`: the baseline is the constant 6.
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "groups:\n  - name: t\n    interval: 1s\n    subject: [service]\n    signals:\n      tickets: { ticket_source: support }\n    rules:\n      - name: Spike\n        when: tickets > 3 * tickets_baseline\n        action: suggest_update\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        "global: {{listen: '127.0.0.1:{port}', state_dir: state, evaluation_interval: 1s}}\n\
+         prometheus: {{url: '{prom}', timeout: 2s}}\n\
+         ticket_sources:\n  - name: support\n    type: prometheus\n    query: 'sum by (service) (test_tickets) or label_replace(vector(6), \"service\", \"checkout\", \"\", \"\")'\n    poll_interval: 2s\n\
+         receivers:\n  - {{name: log, type: log}}\n\
+         rule_files: [rules.yaml]\n",
+        prom = prom.url()
+    );
+    std::fs::write(dir.path().join("herald.yaml"), cfg).unwrap();
+    let d = Daemon::spawn(&dir.path().join("herald.yaml"), port, dir.path().join("herald.log"), &[]);
+    let ratio = |d: &Daemon| d.metrics().lines().find_map(|l| l.strip_prefix(r#"herald_ticket_ratio{service="checkout"} "#).map(str::to_string));
+    d.eventually("the first ratio, 12 / 6", Duration::from_secs(20), || ratio(&d).as_deref() == Some("2"));
+    exporter.set("test_tickets", &[("service", "checkout")], 18.0);
+    d.eventually("the ratio after a later poll, 18 / 6", Duration::from_secs(20), || ratio(&d).as_deref() == Some("3"));
+}

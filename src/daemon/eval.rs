@@ -177,13 +177,14 @@ pub async fn evaluate_group_once<S: MetricsSource>(
                     let fresh = cache.ticket_counts_exported.get(name).is_none_or(|last| !Arc::ptr_eq(last, &counts.tickets));
                     if fresh {
                         cache.ticket_counts_exported.insert(name.to_string(), counts.tickets.clone());
-                    }
-                    for (subject, n) in counts.tickets.iter().filter(|_| fresh) {
-                        if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
-                            let ratio = n / b;
-                            if cache.ticket_ratio.insert(subject.clone(), ratio) != Some(ratio) {
-                                let labels: Vec<(String, String)> = scrubber.scrubber().subject(subject).labels().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-                                metrics::gauge!("herald_ticket_ratio", &labels).set(ratio);
+                        for (subject, n) in counts.tickets.iter() {
+                            if let Some(b) = counts.baseline.get(subject).filter(|b| **b > 0.0) {
+                                let ratio = n / b;
+                                if cache.ticket_ratio.insert(subject.clone(), ratio) != Some(ratio) {
+                                    let labels: Vec<(String, String)> =
+                                        scrubber.scrubber().subject(subject).labels().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                                    metrics::gauge!("herald_ticket_ratio", &labels).set(ratio);
+                                }
                             }
                         }
                     }

@@ -457,8 +457,9 @@ impl Engine {
         //
         // The subjects are those of every keyed signal, every live instance, and every incident
         // with these labels, each visited once. Signals usually name the same subjects, so the
-        // largest one's are visited first, counting per slot how many of them it names: a slot
-        // that named as many as it has names no other, and its keys are never walked again.
+        // largest one's are visited first, counting for every other slot how many of them it
+        // names: a slot that named as many as it has keys names no other subject, and its keys
+        // are never walked. No set of all the subjects is built.
         let mut keyed: Vec<(usize, &SubjectMap<f64>)> = input.slots.iter().enumerate().filter_map(|(i, s)| s.keyed().map(|m| (i, m))).collect();
         keyed.sort_by_key(|(_, m)| std::cmp::Reverse(m.len()));
         let mut hits = vec![0usize; group.slots.len()];
