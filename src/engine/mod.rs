@@ -78,11 +78,17 @@ pub enum SlotValues {
 impl SlotValues {
     /// The raw value of a subject (NaN included); `None` when it has none.
     pub fn get(&self, subject: &Subject) -> Option<f64> {
+        self.lookup(subject).0
+    }
+
+    /// The raw value of a subject, and whether this slot names it explicitly (is one of
+    /// [`SlotValues::keyed`]'s keys).
+    pub fn lookup(&self, subject: &Subject) -> (Option<f64>, bool) {
         match self {
-            SlotValues::Series(m) => m.get(subject).copied(),
-            SlotValues::Constant(c) => Some(*c),
-            SlotValues::Unavailable(_) => None,
-            SlotValues::SeriesOr { values, otherwise } => Some(values.get(subject).copied().unwrap_or(*otherwise)),
+            SlotValues::Series(m) => m.get(subject).map_or((None, false), |v| (Some(*v), true)),
+            SlotValues::Constant(c) => (Some(*c), false),
+            SlotValues::Unavailable(_) => (None, false),
+            SlotValues::SeriesOr { values, otherwise } => values.get(subject).map_or((Some(*otherwise), false), |v| (Some(*v), true)),
         }
     }
 
@@ -468,12 +474,7 @@ impl Engine {
         let mut truths: Vec<Truth> = vec![Truth::Unknown; n_rules];
         let mut visit = |subject: &Subject, hits: &mut [usize]| {
             for ((slot, v), h) in input.slots.iter().zip(values.iter_mut()).zip(hits.iter_mut()) {
-                let (value, named) = match slot {
-                    SlotValues::Series(m) => m.get(subject).map_or((None, false), |v| (Some(*v), true)),
-                    SlotValues::SeriesOr { values, otherwise } => values.get(subject).map_or((Some(*otherwise), false), |v| (Some(*v), true)),
-                    SlotValues::Constant(c) => (Some(*c), false),
-                    SlotValues::Unavailable(_) => (None, false),
-                };
+                let (value, named) = slot.lookup(subject);
                 *h += usize::from(named);
                 *v = value.filter(|x| !x.is_nan());
             }

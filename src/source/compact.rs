@@ -10,15 +10,14 @@
 //! body with the general reader ([`super::answer`]), so the result never depends on which
 //! path read it. It must not decide what a value means or do I/O.
 
-/// Scans a compact vector answer. `labels` is scratch space; for each series, in order,
-/// `each` gets the values of `names` (`None`: the series lacks that label) and the sample.
+/// Scans a compact vector answer. For each series, in order, `each` gets the values of
+/// `names` (`None`: the series lacks that label) and the sample.
 /// `None` when the body is not in the compact shape; then `each` may have been called for
 /// a prefix of the series, which the caller undoes (see `keyed::compact_read`).
-pub(super) fn scan_vector<'b>(body: &'b str, names: &[String], labels: &mut Vec<Option<&'b str>>, mut each: impl FnMut(&[Option<&'b str>], f64)) -> Option<()> {
+pub(super) fn scan_vector<'b>(body: &'b str, names: &[String], mut each: impl FnMut(&[Option<&'b str>], f64)) -> Option<()> {
     let mut c = Cursor { s: body, at: 0 };
     c.literal(r#"{"status":"success","data":{"resultType":"vector","result":["#)?;
-    labels.clear();
-    labels.resize(names.len(), None);
+    let mut labels: Vec<Option<&str>> = vec![None; names.len()];
     if !c.eat(b']') {
         loop {
             c.literal(r#"{"metric":{"#)?;
@@ -45,7 +44,7 @@ pub(super) fn scan_vector<'b>(body: &'b str, names: &[String], labels: &mut Vec<
             c.literal(",")?;
             let value = super::keyed::parse_value::<serde_json::Error>(c.string()?).ok()?;
             c.literal("]}")?;
-            each(labels, value);
+            each(&labels, value);
             if c.eat(b',') {
                 continue;
             }
@@ -135,7 +134,7 @@ mod tests {
     fn scan(body: &str, names: &[&str]) -> Option<Vec<(Vec<Option<String>>, f64)>> {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut out = Vec::new();
-        scan_vector(body, &names, &mut Vec::new(), |l, v| out.push((l.iter().map(|x| x.map(str::to_string)).collect(), v)))?;
+        scan_vector(body, &names, |l, v| out.push((l.iter().map(|x| x.map(str::to_string)).collect(), v)))?;
         Some(out)
     }
 

@@ -225,9 +225,9 @@ fn size_first_answer(body: &[u8], interner: &mut SubjectInterner) {
     }
 }
 
-/// [`parse_instant`] without the fast path: any answer the API may give.
+/// [`parse_instant`] without the fast path (nor the sizing, done before it): any answer the
+/// API may give.
 fn parse_general(body: &[u8], subject_labels: &[String], interner: &mut SubjectInterner) -> Result<Answer, serde_json::Error> {
-    size_first_answer(body, interner);
     let mut reader = Instant { names: subject_labels, interner };
     Ok(match answer::parse(body, &mut reader)? {
         Envelope::Failed { timeout, message } => Answer::Failed { timeout, message },
@@ -257,7 +257,7 @@ fn compact_read(body: &[u8], names: &[String], interner: &mut SubjectInterner) -
     let mut values = SubjectMap::with_capacity_and_hasher(interner.expected_len(), Default::default());
     let mut duplicate = false;
     let mut owned: Vec<Option<Cow<'_, str>>> = vec![None; names.len()];
-    let read = compact::scan_vector(body, names, &mut Vec::new(), |l, v| {
+    let read = compact::scan_vector(body, names, |l, v| {
         for (o, l) in owned.iter_mut().zip(l) {
             *o = l.map(Cow::Borrowed);
         }
